@@ -1,0 +1,103 @@
+"""Client factories: Kafka producers/admin, Postgres connections, Meilisearch.
+
+Producers are idempotent with acks=all (ARCHITECTURE §2) and linger briefly on purpose:
+Kafka 4 clients default to 5 ms, which would sit inside every time-to-first-token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import meilisearch
+import psycopg
+from aiokafka import AIOKafkaProducer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from infra.settings import InfraSettings
+from schemas.resources import MESSAGES_INDEX, read_model_ddl, search_index_spec
+
+PRODUCER_LINGER_MS = 1
+
+
+def producer_config(settings: InfraSettings, **overrides: Any) -> dict[str, Any]:
+    """confluent-kafka producer config: idempotent, acks=all, short linger."""
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": PRODUCER_LINGER_MS,
+        **overrides,
+    }
+
+
+def aio_producer(settings: InfraSettings, **overrides: Any) -> AIOKafkaProducer:
+    """aiokafka producer: idempotent, acks=all, short linger. Call `await p.start()`."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "enable_idempotence": True,
+        "acks": "all",
+        "linger_ms": PRODUCER_LINGER_MS,
+        **overrides,
+    }
+    return AIOKafkaProducer(**options)
+
+
+def ensure_topics(settings: InfraSettings, timeout_s: float = 30.0) -> list[str]:
+    """Create the architecture's topics (with its partition count) where missing."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [t for t in settings.topics.all() if t not in existing]
+    if wanted:
+        futures = admin.create_topics(
+            [NewTopic(t, num_partitions=settings.partitions, replication_factor=1) for t in wanted],
+            operation_timeout=timeout_s,
+        )
+        for topic, future in futures.items():
+            try:
+                future.result(timeout=timeout_s)
+            except Exception as exc:  # a concurrent creator won the race: fine
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise RuntimeError(f"could not create topic {topic}: {exc}") from exc
+    return wanted
+
+
+def pg_connect(settings: InfraSettings, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A synchronous Postgres connection to the read-model database."""
+    return psycopg.connect(settings.postgres_url, connect_timeout=10, **kwargs)
+
+
+async def apg_connect(settings: InfraSettings, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+    """An asynchronous Postgres connection to the read-model database."""
+    return await psycopg.AsyncConnection.connect(
+        settings.postgres_url, connect_timeout=10, **kwargs
+    )
+
+
+def apply_read_model_ddl(settings: InfraSettings) -> None:
+    """Apply `schemas/postgres/*.sql` (idempotent), under an advisory lock against races."""
+    with pg_connect(settings, autocommit=False) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(774411)")
+        for _name, sql in read_model_ddl():
+            conn.execute(sql)  # type: ignore[arg-type]  # our own trusted DDL files
+        conn.commit()
+
+
+def meili_client(settings: InfraSettings) -> meilisearch.Client:
+    """A Meilisearch client; raises if no Meilisearch is configured."""
+    if not settings.meili_url:
+        raise RuntimeError("no Meilisearch configured (CHATLOG_MEILI_URL is empty)")
+    return meilisearch.Client(settings.meili_url, settings.meili_key, timeout=10)
+
+
+def ensure_search_index(settings: InfraSettings, base: str = MESSAGES_INDEX) -> str:
+    """Create the index with the settings in `schemas/search/` and wait until applied."""
+    client = meili_client(settings)
+    spec = search_index_spec(base)
+    name = settings.index_name(base)
+    task = client.create_index(name, {"primaryKey": spec["primaryKey"]})
+    client.wait_for_task(task.task_uid, timeout_in_ms=30_000)  # fails harmlessly if it exists
+    task = client.index(name).update_settings(spec["settings"])
+    done = client.wait_for_task(task.task_uid, timeout_in_ms=30_000)
+    if done.status != "succeeded":
+        raise RuntimeError(f"meilisearch rejected settings for {name}: {done.error}")
+    return name

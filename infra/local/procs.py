@@ -1,0 +1,109 @@
+"""Detached processes with pid files, and bounded waits that say what is missing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+class ServiceError(RuntimeError):
+    """A local service could not be installed or started; the message says how to fix it."""
+
+
+def spawn(
+    cmd: Sequence[str], *, log: Path, pidfile: Path, env: dict[str, str] | None = None
+) -> int:
+    """Start `cmd` in its own session (it outlives the CLI), output appended to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            list(cmd),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+    pidfile.write_text(str(proc.pid))
+    return proc.pid
+
+
+def read_pid(pidfile: Path) -> int | None:
+    """The live pid recorded in `pidfile`, or None."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    if _is_zombie(pid):
+        return None
+    return pid
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def stop_pid(pidfile: Path, *, timeout_s: float = 30.0) -> bool:
+    """SIGTERM the process group, SIGKILL after `timeout_s`. True if something was stopped."""
+    pid = read_pid(pidfile)
+    if pid is None:
+        pidfile.unlink(missing_ok=True)
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and read_pid(pidfile) is not None:
+        _reap(pid)
+        time.sleep(0.1)
+    if read_pid(pidfile) is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        time.sleep(0.2)
+    _reap(pid)
+    pidfile.unlink(missing_ok=True)
+    return True
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on host:port."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_until(
+    check: Callable[[], bool], *, timeout_s: float, what: str, hint: str, interval_s: float = 0.25
+) -> None:
+    """Poll `check` until true; after `timeout_s` raise ServiceError naming `what` and `hint`."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # a not-yet-ready service raises all sorts
+            last = exc
+        time.sleep(interval_s)
+    detail = f" (last error: {last})" if last else ""
+    raise ServiceError(f"{what} did not become ready in {timeout_s:.0f}s{detail}. {hint}")

@@ -1,0 +1,51 @@
+"""Connection settings shared by every service (env prefix `CHATLOG_`).
+
+Each service has its own settings class that inherits these and adds its knobs. The
+launcher starts local services on the ports named in these URLs, so one value decides
+both where a service runs and where clients look for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.topics import DEFAULT_PARTITIONS, Topics
+
+LOCAL_MEILI_KEY = "chatlog-local-master-key-0123456789"
+
+
+class InfraSettings(BaseSettings):
+    """Where Kafka, Postgres and Meilisearch are, and how names are prefixed."""
+
+    model_config = SettingsConfigDict(env_prefix="CHATLOG_", env_ignore_empty=True, extra="ignore")
+
+    environment: str = "local"
+    home: Path = Path(".chatlog")
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    topic_prefix: str = ""
+    partitions: int = DEFAULT_PARTITIONS
+    postgres_url: str = "postgresql://chatlog@127.0.0.1:15432/chatlog"
+    meili_url: str | None = "http://127.0.0.1:17700"
+    meili_key: str = LOCAL_MEILI_KEY
+    index_prefix: str = ""
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    def index_name(self, base: str) -> str:
+        return self.index_prefix + base
+
+    def check_secrets(self) -> None:
+        """Refuse the well-known local master key anywhere but a local environment."""
+        if self.environment != "local" and self.meili_url and self.meili_key == LOCAL_MEILI_KEY:
+            raise ValueError("CHATLOG_MEILI_KEY must be set outside the local environment")
+
+
+def port_of(url: str, default: int) -> int:
+    """The port in a URL or `host:port` string."""
+    parsed = urlsplit(url if "//" in url else f"//{url}")
+    return parsed.port or default

@@ -1,0 +1,136 @@
+"""Avro codec: typed events <-> (headers, bytes) on the wire (ARCHITECTURE §3).
+
+A record carries headers `event-type` and `schema-version` and a schemaless Avro body.
+A reader decodes with the writer's schema (named by the headers) resolved to the newest
+schema of that type, so adding a field with a default is a compatible change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from collections.abc import Mapping, Sequence
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import fastavro
+
+from schemas.errors import CorruptEvent, UnknownEventType
+from schemas.events import (
+    EVENT_CLASSES,
+    ChatMessage,
+    Event,
+    GenerationParams,
+    Usage,
+)
+
+EVENT_TYPE_HEADER = "event-type"
+SCHEMA_VERSION_HEADER = "schema-version"
+
+Headers = list[tuple[str, str | bytes | None]]
+
+
+@cache
+def schema_registry() -> dict[tuple[str, int], Any]:
+    """Every known (event type, version) -> parsed schema, read from `schemas/avro/`."""
+    registry: dict[tuple[str, int], Any] = {}
+    for entry in resources.files("schemas").joinpath("avro").iterdir():
+        if not entry.name.endswith(".avsc"):
+            continue
+        event_type, version, _ = entry.name.rsplit(".", 2)
+        registry[(event_type, int(version.removeprefix("v")))] = fastavro.parse_schema(
+            json.loads(entry.read_text())
+        )
+    return registry
+
+
+def current_version(event_type: str) -> int:
+    """The newest schema version of an event type: the one writers use."""
+    return max(v for (t, v) in schema_registry() if t == event_type)
+
+
+def encode(event: Event) -> tuple[bytes, Headers]:
+    """Serialise an event: (Avro body, headers). Raises ValueError on an invalid event."""
+    version = current_version(event.event_type)
+    schema = schema_registry()[(event.event_type, version)]
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema, _to_avro(event), strict_allow_default=True)
+    headers: Headers = [
+        (EVENT_TYPE_HEADER, event.event_type.encode()),
+        (SCHEMA_VERSION_HEADER, str(version).encode()),
+    ]
+    return buf.getvalue(), headers
+
+
+def decode(
+    value: bytes | None,
+    headers: Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None,
+    *,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> Event:
+    """Deserialise a record into its typed event, resolving the writer schema to ours.
+
+    Raises UnknownEventType or CorruptEvent (both name topic, partition and offset).
+    """
+
+    def corrupt(reason: str) -> CorruptEvent:
+        return CorruptEvent(reason, topic=topic, partition=partition, offset=offset)
+
+    pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    header_map = {k: v.encode() if isinstance(v, str) else v for k, v in pairs if v is not None}
+    raw_type, raw_version = header_map.get(EVENT_TYPE_HEADER), header_map.get(SCHEMA_VERSION_HEADER)
+    if raw_type is None or raw_version is None or value is None:
+        raise corrupt("missing event-type/schema-version header or empty value")
+    try:
+        event_type, version = raw_type.decode(), int(raw_version.decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise corrupt(f"unreadable headers: {exc}") from exc
+    registry = schema_registry()
+    if (event_type, version) not in registry or event_type not in EVENT_CLASSES:
+        raise UnknownEventType(
+            f"unknown event {event_type!r} v{version}",
+            topic=topic,
+            partition=partition,
+            offset=offset,
+        )
+    reader = registry[(event_type, current_version(event_type))]
+    buf = io.BytesIO(value)
+    try:
+        record = fastavro.schemaless_reader(buf, registry[(event_type, version)], reader)
+    except Exception as exc:  # fastavro raises many types on garbage input
+        raise corrupt(f"undecodable {event_type} v{version} body: {exc!r}") from exc
+    if buf.tell() != len(value):
+        raise corrupt(f"trailing bytes after {event_type} v{version} body")
+    try:
+        if not isinstance(record, dict):
+            raise TypeError("record is not a mapping")
+        return _from_avro(EVENT_CLASSES[event_type], record)
+    except (TypeError, ValueError) as exc:
+        raise corrupt(f"{event_type} body does not fit its class: {exc}") from exc
+
+
+def _to_avro(event: Event) -> dict[str, Any]:
+    record = dataclasses.asdict(event)
+    if "messages" in record:
+        record["messages"] = list(record["messages"])
+    if "params" in record:
+        record["params"]["stop"] = list(record["params"]["stop"])
+    return record
+
+
+def _from_avro(cls: type[Event], record: dict[str, Any]) -> Event:
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {k: v for k, v in record.items() if k in names}
+    if "messages" in kwargs:
+        kwargs["messages"] = tuple(ChatMessage(**m) for m in kwargs["messages"])
+    if "params" in kwargs:
+        kwargs["params"] = GenerationParams(
+            **{**kwargs["params"], "stop": tuple(kwargs["params"]["stop"])}
+        )
+    if "usage" in kwargs:
+        kwargs["usage"] = Usage(**kwargs["usage"])
+    return cls(**kwargs)

@@ -1,0 +1,163 @@
+"""Typed event classes: the only shape of an event the rest of chatlog handles.
+
+Every event is a frozen dataclass named in the past tense. Conversion to and from Avro
+dicts happens only in `schemas.codec`, at the Kafka boundary (ARCHITECTURE §3).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import ClassVar, Literal
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+def new_event_id() -> str:
+    """A fresh event id (uuid4 as text)."""
+    return str(uuid.uuid4())
+
+
+def utc_now() -> datetime:
+    """Now, millisecond precision, UTC: what timestamp-millis can carry losslessly."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=(now.microsecond // 1000) * 1000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Base of every event. `key` is the Kafka key: every event is keyed by conversation."""
+
+    event_type: ClassVar[str] = ""
+    event_id: str = field(default_factory=new_event_id)
+    occurred_at: datetime = field(default_factory=utc_now)
+    traceparent: str | None = None
+
+    @property
+    def key(self) -> str:
+        conversation_id: str = getattr(self, "conversation_id")  # noqa: B009 - every event has one
+        return conversation_id
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptSubmitted(Event):
+    """A user asked for a completion; `messages` is the full context the model sees."""
+
+    event_type: ClassVar[str] = "PromptSubmitted"
+    request_id: str
+    conversation_id: str
+    user_id: str
+    model: str
+    messages: tuple[ChatMessage, ...]
+    params: GenerationParams
+    parent_request_id: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CancelRequested(Event):
+    event_type: ClassVar[str] = "CancelRequested"
+    request_id: str
+    conversation_id: str
+    user_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConversationRenamed(Event):
+    event_type: ClassVar[str] = "ConversationRenamed"
+    conversation_id: str
+    user_id: str
+    title: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConversationDeleted(Event):
+    event_type: ClassVar[str] = "ConversationDeleted"
+    conversation_id: str
+    user_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompletionStarted(Event):
+    event_type: ClassVar[str] = "CompletionStarted"
+    request_id: str
+    conversation_id: str
+    attempt: int
+    replica_id: str
+    model: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenChunk(Event):
+    """One or more tokens; `seq` counts 0, 1, 2… within one attempt."""
+
+    event_type: ClassVar[str] = "TokenChunk"
+    request_id: str
+    conversation_id: str
+    attempt: int
+    seq: int
+    text: str
+    token_count: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompletionFinished(Event):
+    event_type: ClassVar[str] = "CompletionFinished"
+    request_id: str
+    conversation_id: str
+    attempt: int
+    finish_reason: FinishReason
+    usage: Usage
+    ttft_ms: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompletionFailed(Event):
+    event_type: ClassVar[str] = "CompletionFailed"
+    request_id: str
+    conversation_id: str
+    attempt: int
+    error_code: str
+    message: str
+    retryable: bool
+
+
+ConversationEvent = PromptSubmitted | CancelRequested | ConversationRenamed | ConversationDeleted
+CompletionEvent = CompletionStarted | TokenChunk | CompletionFinished | CompletionFailed
+AnyEvent = ConversationEvent | CompletionEvent
+
+EVENT_CLASSES: dict[str, type[Event]] = {
+    cls.event_type: cls
+    for cls in (
+        PromptSubmitted,
+        CancelRequested,
+        ConversationRenamed,
+        ConversationDeleted,
+        CompletionStarted,
+        TokenChunk,
+        CompletionFinished,
+        CompletionFailed,
+    )
+}
