@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from infra import cli_infra
+from infra import cli_infra, cli_keys
 
-GROUPS = [cli_infra]
+GROUPS = [cli_infra, cli_keys]
 
 
 def build_parser() -> argparse.ArgumentParser:

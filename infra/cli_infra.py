@@ -37,9 +37,12 @@ def cmd_setup(_: argparse.Namespace) -> int:
 def cmd_start(_: argparse.Namespace) -> int:
     settings = InfraSettings()
     LocalStack(settings).start()
-    from infra.clients import apply_read_model_ddl, ensure_search_index
+    from infra.auth import apply_auth_ddl
+    from infra.clients import apply_read_model_ddl, ensure_search_index, pg_connect
 
     apply_read_model_ddl(settings)
+    with pg_connect(settings) as conn:
+        apply_auth_ddl(conn)
     if settings.meili_url:
         ensure_search_index(settings)
     return cmd_status(_)

@@ -21,7 +21,8 @@ from pathlib import Path
 import psycopg
 from confluent_kafka.admin import AdminClient
 
-from infra.clients import apply_read_model_ddl, ensure_search_index, ensure_topics
+from infra.auth import apply_auth_ddl
+from infra.clients import apply_read_model_ddl, ensure_search_index, ensure_topics, pg_connect
 from infra.local import LocalStack
 from infra.settings import LOCAL_MEILI_KEY, InfraSettings
 
@@ -171,6 +172,8 @@ def isolated_settings(services: Services, name: str) -> Iterator[InfraSettings]:
     )
     ensure_topics(settings)
     apply_read_model_ddl(settings)
+    with pg_connect(settings) as conn:
+        apply_auth_ddl(conn)
     ensure_search_index(settings)
     try:
         yield settings

@@ -31,6 +31,12 @@ class InfraSettings(BaseSettings):
     meili_url: str | None = "http://127.0.0.1:17700"
     meili_key: str = LOCAL_MEILI_KEY
     index_prefix: str = ""
+    models: str = "SmolLM2-135M-Instruct"  # comma-separated ids the inference deployment serves
+
+    @property
+    def model_ids(self) -> list[str]:
+        """The served model ids; the first is the default."""
+        return [m.strip() for m in self.models.split(",") if m.strip()]
 
     @property
     def topics(self) -> Topics:

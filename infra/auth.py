@@ -1,0 +1,75 @@
+"""API keys: `Authorization: Bearer <key>` -> user_id, shared by both HTTP services.
+
+Keys are random (256 bits) and stored only as sha256 digests in `command.api_keys`, so a
+leaked table does not leak keys; a slow password hash buys nothing for keys this long.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from typing import Any
+
+import psycopg
+
+KEY_PREFIX = "cl-"
+
+AUTH_DDL = """
+CREATE SCHEMA IF NOT EXISTS command;
+CREATE TABLE IF NOT EXISTS command.api_keys (
+    key_hash    text PRIMARY KEY,
+    user_id     text NOT NULL,
+    hint        text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    revoked_at  timestamptz
+);
+CREATE INDEX IF NOT EXISTS api_keys_user ON command.api_keys (user_id);
+"""
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def apply_auth_ddl(conn: psycopg.Connection[Any]) -> None:
+    """Create `command.api_keys` where missing (idempotent)."""
+    conn.execute("SELECT pg_advisory_xact_lock(774412)")
+    conn.execute(AUTH_DDL)  # type: ignore[arg-type]  # trusted constant
+
+
+def create_key(conn: psycopg.Connection[Any], user_id: str) -> str:
+    """Mint a key for `user_id`; the plain key is returned once and never stored."""
+    if not user_id or len(user_id) > 200:
+        raise ValueError("user id must be 1-200 characters")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    conn.execute(
+        "INSERT INTO command.api_keys (key_hash, user_id, hint) VALUES (%s, %s, %s)",
+        (hash_key(key), user_id, key[:7]),
+    )
+    return key
+
+
+class KeyResolver:
+    """Resolves bearer keys to user ids, caching hits briefly so auth is not a query per call."""
+
+    def __init__(self, ttl_s: float = 30.0) -> None:
+        self._ttl_s = ttl_s
+        self._cache: dict[str, tuple[str, float]] = {}
+
+    async def user_for(self, conn: psycopg.AsyncConnection[Any], key: str) -> str | None:
+        digest = hash_key(key)
+        hit = self._cache.get(digest)
+        now = time.monotonic()
+        if hit and hit[1] > now:
+            return hit[0]
+        cur = await conn.execute(
+            "SELECT user_id FROM command.api_keys WHERE key_hash = %s AND revoked_at IS NULL",
+            (digest,),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            self._cache.pop(digest, None)
+            return None
+        self._cache[digest] = (row[0], now + self._ttl_s)
+        return str(row[0])
