@@ -34,6 +34,17 @@ CREATE INDEX IF NOT EXISTS messages_conversation_created
     ON chatlog.messages (conversation_id, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS messages_search ON chatlog.messages USING gin (search);
 
+-- The chunks of the winning (highest) attempt of each request, so a finished stream can be
+-- resumed from any `Last-Event-ID: <attempt>:<seq>` with the exact same event ids.
+CREATE TABLE IF NOT EXISTS chatlog.chunks (
+    request_id       text NOT NULL,
+    attempt          integer NOT NULL,
+    seq              integer NOT NULL,
+    text             text NOT NULL,
+    token_count      integer NOT NULL,
+    PRIMARY KEY (request_id, attempt, seq)
+);
+
 CREATE TABLE IF NOT EXISTS chatlog.completions (
     request_id       text PRIMARY KEY,
     conversation_id  text NOT NULL,
