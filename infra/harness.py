@@ -78,11 +78,13 @@ def provide_services() -> Iterator[Services]:
 @contextlib.contextmanager
 def _local_services() -> Iterator[Services]:
     home = Path(os.environ.get("CHATLOG_TEST_HOME", ".chatlog/test")).absolute()
+    # Apart from the dev stack's ports; an offset lets two checkouts test side by side.
+    offset = int(os.environ.get("CHATLOG_TEST_PORT_OFFSET", "0"))
     settings = InfraSettings(
         home=home,
-        kafka_bootstrap="127.0.0.1:29092",
-        postgres_url="postgresql://chatlog@127.0.0.1:25432/chatlog",
-        meili_url="http://127.0.0.1:27700",
+        kafka_bootstrap=f"127.0.0.1:{29092 + offset}",
+        postgres_url=f"postgresql://chatlog@127.0.0.1:{25432 + offset}/chatlog",
+        meili_url=f"http://127.0.0.1:{27700 + offset}",
         meili_key=LOCAL_MEILI_KEY,
     )
     stack = LocalStack(settings)
