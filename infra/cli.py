@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from infra import cli_infra, cli_keys
+from infra import cli_infra, cli_keys, cli_system
 
-GROUPS = [cli_infra, cli_keys]
+GROUPS = [cli_infra, cli_keys, cli_system]
 
 
 def build_parser() -> argparse.ArgumentParser:

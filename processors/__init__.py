@@ -1,0 +1,1 @@
+"""chatlog processors: projections of the Kafka log into Postgres and Meilisearch."""

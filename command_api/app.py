@@ -1,0 +1,140 @@
+"""The app factory and its lifespan: wait for Postgres and Kafka, migrate, then serve.
+
+Nothing connects at import time; `create_app()` only builds the app. The lifespan opens
+the Postgres pool (bounded wait), applies schema `command` (and the read-model DDL it
+reads, both idempotent), starts the Kafka producer (bounded wait) and the HTTP client for
+the query API's streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from psycopg_pool import AsyncConnectionPool
+
+from command_api.ddl import apply_command_ddl
+from command_api.deps import Context
+from command_api.eventlog import KafkaEventLog
+from command_api.metrics import Metrics, MetricsMiddleware
+from command_api.prompts import PromptService
+from command_api.readmodel import ReadModel
+from command_api.routes import completions, conversations, health
+from command_api.settings import CommandSettings
+from command_api.store import CommandStore
+from command_api.upstream import StreamSource
+from infra.auth import KeyResolver
+from infra.clients import apply_read_model_ddl, pg_connect
+from infra.http import ApiError, install_error_handlers
+
+log = logging.getLogger(__name__)
+JANITOR_PERIOD_S = 600.0
+
+
+def create_app(settings: CommandSettings | None = None, **overrides: Any) -> FastAPI:
+    """Build the command API. `overrides` replace individual settings (tests, benchmarks)."""
+    if settings is None:
+        settings = CommandSettings(**overrides)
+    elif overrides:
+        settings = settings.model_copy(update=overrides)
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with _running(settings, metrics) as ctx:
+            app.state.ctx = ctx
+            yield
+
+    app = FastAPI(title="chatlog command API", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    _count_rejections(app, metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    for module in (completions, conversations, health):
+        app.include_router(module.router)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _running(settings: CommandSettings, metrics: Metrics) -> AsyncIterator[Context]:
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        settings.postgres_url,
+        min_size=settings.pg_pool_min,
+        max_size=settings.pg_pool_max,
+        kwargs={"autocommit": True},
+        open=False,
+    )
+    # Bounded wait: the pool retries connecting until the timeout, then raises.
+    await pool.open(wait=True, timeout=settings.startup_timeout_s)
+    log_ = KafkaEventLog(settings)
+    http = httpx.AsyncClient(
+        base_url=settings.query_api_url, timeout=httpx.Timeout(10.0, read=120.0)
+    )
+    janitor: asyncio.Task[None] | None = None
+    try:
+        await asyncio.to_thread(_migrate, settings)
+        await log_.start(settings.startup_timeout_s, required=settings.require_kafka_at_startup)
+        store = CommandStore(pool, settings)
+        read_model = ReadModel(pool)
+        ctx = Context(
+            settings=settings,
+            pool=pool,
+            store=store,
+            read_model=read_model,
+            log=log_,
+            prompts=PromptService(settings, store, read_model, log_, metrics),
+            streams=StreamSource(http, not_found_grace_s=settings.continuation_wait_s),
+            resolver=KeyResolver(),
+            metrics=metrics,
+        )
+        janitor = asyncio.create_task(_janitor(store))
+        yield ctx
+    finally:
+        if janitor:
+            janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await janitor
+        await http.aclose()
+        await log_.close()
+        await pool.close()
+
+
+def _migrate(settings: CommandSettings) -> None:
+    apply_read_model_ddl(settings)  # what we read; idempotent, owned by processors
+    with pg_connect(settings) as conn:
+        apply_command_ddl(conn)
+
+
+async def _janitor(store: CommandStore) -> None:
+    """Drops idempotency keys past their 24 h (expired ones are already reusable)."""
+    while True:
+        await asyncio.sleep(JANITOR_PERIOD_S)
+        try:
+            await store.purge_expired_keys()
+        except Exception:  # a transient database error must not kill the janitor
+            log.exception("purging expired idempotency keys failed")
+
+
+def _count_rejections(app: FastAPI, metrics: Metrics) -> None:
+    """Wrap the shared error handlers so every refusal is counted by its code."""
+    api_handler = app.exception_handlers[ApiError]
+    validation_handler = app.exception_handlers[RequestValidationError]
+
+    async def on_api_error(request: Request, exc: Exception) -> Any:
+        metrics.rejections.labels(getattr(exc, "code", None) or "error").inc()
+        return await api_handler(request, exc)  # type: ignore[misc]  # ours are async
+
+    async def on_validation(request: Request, exc: Exception) -> Any:
+        metrics.rejections.labels("invalid_value").inc()
+        return await validation_handler(request, exc)  # type: ignore[misc]
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+
+
+__all__ = ["create_app"]

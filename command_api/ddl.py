@@ -1,0 +1,117 @@
+"""Schema `command`: the command side's own state (never a read model).
+
+- `conversations`: who owns a conversation and its newest request (optimistic concurrency
+  for continuations: two prompts racing on one conversation cannot both win).
+- `requests`: who owns a request; also the sliding-window log the rate limits count.
+- `idempotency_keys`: per (user, key) the body hash and the response, for 24 h.
+- `command.admit(...)`: the atomic admission of one prompt (rate limit, concurrency cap,
+  conversation ownership/concurrency, request row) under a per-user advisory lock, so every
+  command API process shares the limits and one round trip decides.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from infra.auth import apply_auth_ddl
+
+ADVISORY_LOCK_DDL = 774413  # beside infra's 774411 (read models) and 774412 (auth)
+
+COMMAND_DDL = """
+CREATE SCHEMA IF NOT EXISTS command;
+
+CREATE TABLE IF NOT EXISTS command.conversations (
+    id               text PRIMARY KEY,
+    user_id          text NOT NULL,
+    last_request_id  text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    deleted_at       timestamptz
+);
+
+CREATE TABLE IF NOT EXISTS command.requests (
+    request_id           text PRIMARY KEY,
+    user_id              text NOT NULL,
+    conversation_id      text NOT NULL,
+    created_at           timestamptz NOT NULL,
+    cancel_requested_at  timestamptz
+);
+CREATE INDEX IF NOT EXISTS requests_user_created ON command.requests (user_id, created_at);
+
+CREATE TABLE IF NOT EXISTS command.idempotency_keys (
+    user_id          text NOT NULL,
+    key              text NOT NULL,
+    body_hash        text NOT NULL,
+    request_id       text NOT NULL,
+    state            text NOT NULL,                 -- pending | done
+    response         jsonb,
+    created_at       timestamptz NOT NULL,
+    PRIMARY KEY (user_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON command.idempotency_keys (created_at);
+
+CREATE OR REPLACE FUNCTION command.admit(
+    p_user text, p_request text, p_conversation text, p_new boolean, p_expected_last text,
+    p_limit integer, p_window_s double precision, p_cap integer, p_horizon_s double precision
+) RETURNS TABLE (verdict text, used integer, oldest_age_s double precision, running integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    t         timestamptz;
+    v_used    integer := 0;
+    v_oldest  timestamptz;
+    v_running integer := 0;
+BEGIN
+    -- Serialises one user's admissions (across processes) for the rest of the transaction;
+    -- other users never wait on it. Two-int form: a key space apart from bigint locks.
+    PERFORM pg_advisory_xact_lock(7744, hashtext(p_user));
+    t := clock_timestamp();
+    IF p_limit > 0 THEN
+        SELECT count(*), min(r.created_at) INTO v_used, v_oldest FROM command.requests r
+         WHERE r.user_id = p_user AND r.created_at > t - make_interval(secs => p_window_s);
+        IF v_used >= p_limit THEN
+            RETURN QUERY SELECT 'rate_limited'::text, v_used,
+                extract(epoch FROM t - v_oldest)::double precision, 0;
+            RETURN;
+        END IF;
+    END IF;
+    IF p_cap > 0 THEN
+        SELECT count(*) INTO v_running FROM command.requests r
+         WHERE r.user_id = p_user AND r.created_at > t - make_interval(secs => p_horizon_s)
+           AND NOT EXISTS (SELECT 1 FROM chatlog.completions c
+                            WHERE c.request_id = r.request_id
+                              AND c.status IN ('finished', 'cancelled', 'failed'));
+        IF v_running >= p_cap THEN
+            RETURN QUERY SELECT 'too_many_generations'::text, v_used,
+                extract(epoch FROM t - coalesce(v_oldest, t))::double precision, v_running;
+            RETURN;
+        END IF;
+    END IF;
+    IF p_new THEN
+        INSERT INTO command.conversations (id, user_id, last_request_id, created_at)
+        VALUES (p_conversation, p_user, p_request, t);
+    ELSE
+        UPDATE command.conversations SET last_request_id = p_request
+         WHERE id = p_conversation AND user_id = p_user AND deleted_at IS NULL
+           AND last_request_id IS NOT DISTINCT FROM p_expected_last;
+        IF NOT FOUND THEN
+            RETURN QUERY SELECT 'conversation_busy'::text, v_used,
+                extract(epoch FROM t - coalesce(v_oldest, t))::double precision, v_running;
+            RETURN;
+        END IF;
+    END IF;
+    INSERT INTO command.requests (request_id, user_id, conversation_id, created_at)
+    VALUES (p_request, p_user, p_conversation, t);
+    RETURN QUERY SELECT 'ok'::text, v_used + 1,
+        extract(epoch FROM t - coalesce(v_oldest, t))::double precision, v_running + 1;
+END
+$$;
+"""
+
+
+def apply_command_ddl(conn: psycopg.Connection[Any]) -> None:
+    """Create schema `command` (api keys included) where missing; idempotent and race-safe."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_DDL,))
+        apply_auth_ddl(conn)
+        conn.execute(COMMAND_DDL)  # type: ignore[arg-type]  # trusted constant

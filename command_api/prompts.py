@@ -1,0 +1,238 @@
+"""Accepting a prompt: idempotency, context composition, admission, the append.
+
+The order is deliberate. An idempotent replay is answered before anything else (it must
+not wait or count). A continuation waits for the conversation's last completion before it
+is admitted. Admission (rate limit, concurrency cap, conversation ownership and optimistic
+concurrency) is one atomic Postgres call; the event is appended after it and the admission
+is revoked if Kafka does not ack, so a 503 costs the user nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from command_api import ratelimit
+from command_api.errors import ConversationBusy, IdempotencyInProgress, IdempotencyKeyReused
+from command_api.eventlog import EventLog
+from command_api.metrics import Metrics
+from command_api.readmodel import ReadModel, compose
+from command_api.settings import CommandSettings
+from command_api.store import Admission, CommandStore, body_hash
+from command_api.validation import PromptRequest
+from infra.http import BadRequest, NotFound, RateLimited
+from schemas import ChatMessage, PromptSubmitted
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """An accepted (or idempotently replayed) prompt."""
+
+    request_id: str
+    conversation_id: str
+    model: str
+    created: int
+    rate_headers: dict[str, str]
+    replayed: bool = False
+
+    @property
+    def stream_url(self) -> str:
+        return f"/v1/chat/completions/{self.request_id}/stream"
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "id": self.request_id,
+            "object": "chat.completion.request",
+            "created": self.created,
+            "model": self.model,
+            "conversation_id": self.conversation_id,
+            "status": "queued",
+            "stream_url": self.stream_url,
+        }
+
+
+def canonical_hash(raw: bytes) -> str:
+    """Hash of the body's JSON value, so key order and spacing do not make it 'different'."""
+    return body_hash(json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode())
+
+
+def new_request_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def new_conversation_id() -> str:
+    return f"conv-{uuid.uuid4().hex}"
+
+
+class PromptService:
+    def __init__(
+        self,
+        settings: CommandSettings,
+        store: CommandStore,
+        read_model: ReadModel,
+        log: EventLog,
+        metrics: Metrics,
+    ) -> None:
+        self._s = settings
+        self._store = store
+        self._read = read_model
+        self._log = log
+        self._metrics = metrics
+
+    async def submit(
+        self,
+        *,
+        user_id: str,
+        prompt: PromptRequest,
+        raw: bytes,
+        idempotency_key: str | None,
+        traceparent: str,
+    ) -> Accepted:
+        """Accept a prompt (or replay the one accepted under the same Idempotency-Key)."""
+        request_id = new_request_id()
+        if idempotency_key is None:
+            return await self._accept(user_id, prompt, request_id, None, traceparent)
+        if len(idempotency_key) > 255:
+            raise BadRequest("Idempotency-Key over 255 characters.", param="Idempotency-Key")
+        digest = canonical_hash(raw)
+        existing = await self._store.claim_key(user_id, idempotency_key, digest, request_id)
+        if existing is not None:
+            if not existing.matches:
+                raise IdempotencyKeyReused(
+                    "This Idempotency-Key was used with a different request body."
+                )
+            if not existing.done or existing.response is None:
+                raise IdempotencyInProgress(
+                    "A request with this Idempotency-Key is still in progress; retry shortly."
+                )
+            r = existing.response
+            return Accepted(
+                r["id"], r["conversation_id"], r["model"], r["created"], {}, replayed=True
+            )
+        try:
+            accepted = await self._accept(user_id, prompt, request_id, idempotency_key, traceparent)
+        except BaseException:
+            await asyncio.shield(self._store.release_key(user_id, idempotency_key, request_id))
+            raise
+        await self._store.complete_key(user_id, idempotency_key, accepted.body())
+        return accepted
+
+    async def _accept(
+        self,
+        user_id: str,
+        prompt: PromptRequest,
+        request_id: str,
+        idempotency_key: str | None,
+        traceparent: str,
+    ) -> Accepted:
+        conversation_id, expected_last, parent, messages = await self._context(user_id, prompt)
+        new = prompt.conversation_id is None
+        size = sum(len(m.content.encode()) for m in messages)
+        if size > self._s.max_event_bytes:
+            raise BadRequest(
+                "The context is too long for one event; start a new conversation.",
+                param="conversation_id",
+                code="context_too_long",
+            )
+        admission = await self._store.admit(
+            user_id=user_id,
+            request_id=request_id,
+            conversation_id=conversation_id,
+            new_conversation=new,
+            expected_last=expected_last,
+        )
+        self._refuse_unless_admitted(admission)
+        event = PromptSubmitted(
+            request_id=request_id,
+            conversation_id=conversation_id,
+            user_id=user_id,
+            model=prompt.model,
+            messages=messages,
+            params=prompt.params,
+            parent_request_id=parent,
+            idempotency_key=idempotency_key,
+            traceparent=traceparent,
+        )
+        # Shielded: a client that goes away must not leave an admitted-but-unsent request.
+        await asyncio.shield(self._append_or_revoke(event, new, expected_last))
+        self._metrics.events.labels(event.event_type).inc()
+        return Accepted(
+            request_id,
+            conversation_id,
+            prompt.model,
+            int(time.time()),
+            ratelimit.headers(admission.window),
+        )
+
+    async def _append_or_revoke(
+        self, event: PromptSubmitted, new: bool, expected_last: str | None
+    ) -> None:
+        try:
+            await self._log.append(event)
+        except BaseException:
+            await self._store.revoke(
+                request_id=event.request_id,
+                conversation_id=event.conversation_id,
+                new_conversation=new,
+                prev_last=expected_last,
+            )
+            raise
+
+    async def _context(
+        self, user_id: str, prompt: PromptRequest
+    ) -> tuple[str, str | None, str | None, tuple[ChatMessage, ...]]:
+        """(conversation id, its last request, parent request, full context)."""
+        if prompt.conversation_id is None:
+            if prompt.parent_request_id is not None:
+                raise BadRequest(
+                    "parent_request_id needs a conversation_id.", param="parent_request_id"
+                )
+            return new_conversation_id(), None, None, prompt.messages
+        conv = await self._store.conversation(prompt.conversation_id, user_id)
+        if conv is None:
+            raise NotFound("No such conversation.", param="conversation_id")
+        last = conv.last_request_id
+        if last is not None and not await self._read.wait_terminal(
+            last, self._s.continuation_wait_s
+        ):
+            raise ConversationBusy(
+                "The conversation's previous completion is not finished yet; retry shortly.",
+                param="conversation_id",
+                headers={"Retry-After": "1"},
+            )
+        parent = prompt.parent_request_id
+        if parent is not None:
+            owned = await self._store.request(parent, user_id)
+            if owned is None or owned.conversation_id != conv.id:
+                raise NotFound("No such request in this conversation.", param="parent_request_id")
+        history = await self._read.history(conv.id, up_to_request=parent)
+        return conv.id, last, parent or last, compose(history, prompt.messages)
+
+    def _refuse_unless_admitted(self, admission: Admission) -> None:
+        if admission.verdict == "ok":
+            return
+        headers = ratelimit.headers(admission.window)
+        if admission.verdict == "rate_limited":
+            headers["Retry-After"] = ratelimit.retry_after(admission.window.reset_s)
+            raise RateLimited(
+                f"Rate limit reached: {admission.window.limit} prompts per "
+                f"{admission.window.window_s:g} s. Retry after {headers['Retry-After']} s.",
+                headers=headers,
+            )
+        if admission.verdict == "too_many_generations":
+            headers["Retry-After"] = "1"
+            raise RateLimited(
+                f"Too many concurrent generations ({admission.running}; limit "
+                f"{self._s.max_concurrent_generations}). Wait for one to finish.",
+                code="too_many_concurrent_generations",
+                headers=headers,
+            )
+        raise ConversationBusy(
+            "Another prompt was just accepted in this conversation; retry with the new context.",
+            param="conversation_id",
+            headers=headers,
+        )

@@ -1,0 +1,101 @@
+"""The query API's token stream over HTTP (SSE), resumed transparently on a dropped link.
+
+The command API never imports the query API: it reads
+`GET {query_api_url}/v1/chat/completions/{id}/stream` with the caller's own bearer key
+(the stream is only served to the request's owner) and parses the SSE wire format of the
+shared brief. A reconnect sends `Last-Event-ID`, so no chunk is lost or repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from command_api.errors import UpstreamUnavailable
+
+TERMINAL_EVENTS = ("done", "error")
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    event: str
+    data: dict[str, Any]
+    id: str | None = None
+
+
+async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[SseEvent]:
+    """SSE lines -> events (comments and heartbeats skipped; data lines joined by `\\n`)."""
+    event: str = "message"
+    event_id: str | None = None
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield SseEvent(event, json.loads("\n".join(data)), event_id)
+            event, data, event_id = "message", [], None
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+        elif field == "id":
+            event_id = value
+
+
+class StreamSource:
+    """Reads one request's event stream from the query API."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        max_reconnects: int = 5,
+        not_found_grace_s: float = 5.0,
+    ) -> None:
+        self._http = http
+        self._max_reconnects = max_reconnects
+        # A request we just accepted may not be in the read model yet: the query API can
+        # answer 404 for a moment. Only a 404 that outlives this grace is final.
+        self._grace_s = not_found_grace_s
+
+    async def events(self, request_id: str, authorization: str) -> AsyncIterator[SseEvent]:
+        """Events until `done` or `error`; raises UpstreamUnavailable when the link stays down."""
+        last_id: str | None = None
+        failures = 0
+        loop = asyncio.get_running_loop()
+        grace_until = loop.time() + self._grace_s
+        while True:
+            headers = {"Authorization": authorization, "Accept": "text/event-stream"}
+            if last_id:
+                headers["Last-Event-ID"] = last_id
+            try:
+                async with self._http.stream(
+                    "GET", f"/v1/chat/completions/{request_id}/stream", headers=headers
+                ) as resp:
+                    if resp.status_code == 200:
+                        async for ev in parse_sse(resp.aiter_lines()):
+                            failures = 0
+                            if ev.id:
+                                last_id = ev.id
+                            yield ev
+                            if ev.event in TERMINAL_EVENTS:
+                                return
+                    elif resp.status_code != 404 or loop.time() > grace_until:
+                        await resp.aread()
+                        raise UpstreamUnavailable(
+                            f"The stream source answered {resp.status_code}: {resp.text[:200]}"
+                        )
+            except (httpx.TransportError, json.JSONDecodeError) as exc:
+                failures += 1
+                if failures > self._max_reconnects:
+                    raise UpstreamUnavailable(f"The stream source is unreachable: {exc}") from exc
+            await asyncio.sleep(min(0.05 * 2**failures, 1.0))

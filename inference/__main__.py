@@ -1,0 +1,85 @@
+"""`python -m inference`: run the inference service (configured by CHATLOG_* env).
+
+Default: start a local Ray, deploy the Serve app (replicas from settings) and wait.
+`--no-ray`: run one ReplicaWorker in this process (development, and the crash tests,
+which SIGKILL it); with CHATLOG_METRICS_PORT its metrics are served on that port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from inference.settings import InferenceSettings
+
+log = logging.getLogger("inference")
+
+
+async def _run_worker(settings: InferenceSettings) -> None:
+    from inference.bootstrap import build_engine
+    from inference.worker import ReplicaWorker
+
+    engine = await asyncio.to_thread(build_engine, settings)
+    worker = ReplicaWorker(settings, engine)
+    if settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, registry=worker.metrics.registry)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await worker.start()
+    log.info("worker %s started", worker.replica_id)
+    runner = asyncio.create_task(worker.run())
+    await asyncio.wait([runner, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+    await worker.stop()
+    if runner.done() and not runner.cancelled() and runner.exception():
+        raise runner.exception()  # type: ignore[misc]
+
+
+def _run_serve(settings: InferenceSettings, port: int) -> None:
+    import ray
+    from ray import serve
+
+    from inference.deployment import build_app
+
+    ray.init(include_dashboard=False, log_to_driver=True)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(), name="inference", route_prefix=settings.serve_route, blocking=False)
+    log.info("inference app deployed (%d replicas)", settings.replicas)
+    stopped = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopped
+        stopped = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while not stopped:
+            signal.pause()
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__)
+    parser.add_argument("--no-ray", action="store_true", help="one worker in this process")
+    parser.add_argument("--http-port", type=int, default=8010, help="Serve HTTP port")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = InferenceSettings()
+    if args.no_ray:
+        asyncio.run(_run_worker(settings))
+    else:
+        _run_serve(settings, args.http_port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

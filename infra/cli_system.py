@@ -1,0 +1,128 @@
+"""`chatlog up | down | status | logs`: the whole system on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from infra.local import LocalStack
+from infra.settings import InfraSettings
+from infra.system import COMMAND_PORT, COMPONENTS, QUERY_PORT, System, component
+
+DEMO_USER = "demo"
+
+
+def register(sub: Any) -> None:
+    up = sub.add_parser("up", help="set up what is missing and start everything")
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="each component, its health, projection lag").set_defaults(
+        func=cmd_status
+    )
+    logs = sub.add_parser("logs", help="tail one component's log")
+    logs.add_argument("component", help="kafka, postgres, meilisearch or a service name")
+    logs.add_argument("-n", type=int, default=50)
+    logs.add_argument("--no-follow", action="store_true")
+    logs.set_defaults(func=cmd_logs)
+
+
+def cmd_up(_: argparse.Namespace) -> int:
+    from infra.cli_infra import cmd_start
+
+    settings = InfraSettings()
+    started = time.monotonic()
+    stack = LocalStack(settings)
+    stack.install()
+    cmd_start(_)
+    system = System(settings)
+    for c in COMPONENTS:
+        t0 = time.monotonic()
+        print(f"starting {c.name} …", flush=True)
+        system.start(c)
+        print(f"  {c.name} ready ({time.monotonic() - t0:.1f}s)", flush=True)
+    key = demo_key(settings)
+    model = settings.model_ids[0]
+    base = f"http://127.0.0.1:{COMMAND_PORT}/v1"
+    print(
+        f"""
+chatlog is up ({time.monotonic() - started:.0f}s).
+  command API (writes): {base}
+  query API (reads):    http://127.0.0.1:{QUERY_PORT}/v1
+  API key for user '{DEMO_USER}': {key}
+  logs: chatlog logs <component>   stop: chatlog down   health: chatlog status
+
+Try it:
+  curl -N {base}/chat/completions -H "Authorization: Bearer {key}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Say hello"}}]}}'
+
+  .venv/bin/python - <<'PY'
+from openai import OpenAI
+client = OpenAI(base_url="{base}", api_key="{key}")
+for chunk in client.chat.completions.create(model="{model}", stream=True,
+        messages=[{{"role": "user", "content": "Write a haiku about logs."}}]):
+    print(chunk.choices[0].delta.content or "", end="", flush=True) if chunk.choices else None
+print()
+PY
+"""
+    )
+    return 0
+
+
+def demo_key(settings: InfraSettings) -> str:
+    """The demo user's key, minted once per data directory and reused by later `up`s."""
+    from infra.auth import apply_auth_ddl, create_key
+    from infra.clients import pg_connect
+
+    path = Path(settings.home).absolute() / "demo-api-key"
+    if path.exists():
+        return path.read_text().strip()
+    with pg_connect(settings) as conn:
+        apply_auth_ddl(conn)
+        key = create_key(conn, DEMO_USER)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
+def cmd_down(_: argparse.Namespace) -> int:
+    settings = InfraSettings()
+    system = System(settings)
+    for c in reversed(COMPONENTS):
+        if system.stop(c):
+            print(f"stopped {c.name}")
+    stopped = LocalStack(settings).stop()
+    print("stopped " + (", ".join(stopped) or "no infrastructure (none was running)"))
+    return 0
+
+
+def cmd_status(_: argparse.Namespace) -> int:
+    from infra.cli_infra import cmd_status as infra_status
+    from infra.lag import total_lag_by_projection
+
+    ok = infra_status(_) == 0
+    system = System(InfraSettings())
+    for c in COMPONENTS:
+        state = "healthy" if system.healthy(c) else ("running" if system.running(c) else "stopped")
+        ok = ok and state == "healthy"
+        print(f"{c.name:12} {state:8} {c.health_url or ''}")
+    if ok:
+        for projection, lag in sorted(total_lag_by_projection(InfraSettings()).items()):
+            print(f"projection {projection:20} lag {lag} events")
+    return 0 if ok else 1
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    settings = InfraSettings()
+    home = Path(settings.home).absolute()
+    if args.component == "postgres":
+        path = home / "data" / "postgres" / "server.log"
+    elif args.component in ("kafka", "meilisearch"):
+        path = home / "logs" / f"{args.component}.log"
+    else:
+        path = System(settings).logfile(component(args.component).name)
+    cmd = ["tail", "-n", str(args.n)] + ([] if args.no_follow else ["-F"]) + [str(path)]
+    return subprocess.call(cmd)

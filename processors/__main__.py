@@ -1,0 +1,94 @@
+"""`python -m processors [run | replay | digest | status]` (configured by `CHATLOG_*` env).
+
+`run` (the default) is the faust worker running the live projections; the others are
+one-shot operator commands that `chatlog replay` / `chatlog projections` start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+from processors.settings import ProcessorSettings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m processors", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the live projections (faust worker)")
+    replay = sub.add_parser("replay", help="rebuild a projection from the log and switch")
+    replay.add_argument("--projection", choices=["postgres", "search"], required=True)
+    when = replay.add_mutually_exclusive_group()
+    when.add_argument("--from-beginning", action="store_true", default=True)
+    when.add_argument("--from-timestamp", type=datetime.fromisoformat, metavar="ISO-8601")
+    replay.add_argument("--quiet", action="store_true")
+    digest = sub.add_parser("digest", help="a stable hash of a read model's content")
+    digest.add_argument("--projection", choices=["postgres", "search"], default="postgres")
+    sub.add_parser("status", help="checkpoint vs log end per projection and partition")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = ProcessorSettings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command in (None, "run"):
+        return _run(settings)
+    if args.command == "replay":
+        return _replay(settings, args)
+    from processors import readout
+
+    if args.command == "digest":
+        if args.projection == "postgres":
+            result = readout.postgres_digest(settings)
+        else:
+            result = readout.search_digest(settings)
+        sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
+        return 0
+    rows = readout.status_rows(settings)
+    sys.stdout.write(f"{'projection':10} {'topic':40} {'part':>4} {'checkpoint':>10} "
+                     f"{'end':>10} {'lag':>8}\n")  # fmt: skip
+    for r in rows:
+        cp = "-" if r["checkpoint"] is None else str(r["checkpoint"])
+        sys.stdout.write(f"{r['projection']:10} {r['topic']:40} {r['partition']:>4} {cp:>10} "
+                         f"{r['end']:>10} {r['lag']:>8}\n")  # fmt: skip
+    return 0
+
+
+def _run(settings: ProcessorSettings) -> int:
+    import faust
+    from prometheus_client import start_http_server
+
+    from processors.app import create_app
+
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port)
+    worker = faust.Worker(create_app(settings), loglevel="INFO", quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def _replay(settings: ProcessorSettings, args: argparse.Namespace) -> int:
+    from processors import rebuild
+
+    if args.from_timestamp is not None:
+        since = args.from_timestamp
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+        asyncio.run(rebuild.rewind(settings, args.projection, since))
+        sys.stdout.write(f"{args.projection}: checkpoints rewound to {since.isoformat()}\n")
+        return 0
+    fn = rebuild.rebuild_postgres if args.projection == "postgres" else rebuild.rebuild_search
+    started = datetime.now(UTC)
+    events = asyncio.run(fn(settings, quiet=args.quiet))
+    took = (datetime.now(UTC) - started).total_seconds()
+    sys.stdout.write(f"\n{args.projection}: rebuilt from {events} events in {took:.1f}s "
+                     f"({events / max(took, 1e-9):,.0f} events/s), switched\n")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""The Postgres projection's fold: a batch of events applied to in-memory row state.
+
+Pure code (no I/O): `pg_store` loads the rows a batch touches, `fold_batch` applies the
+events in log order, `pg_store` writes the result back. Because every row the fold needs is
+loaded exactly, the fold is idempotent on (request_id, attempt, seq): a redelivered chunk
+has `seq <= last_seq` and is ignored, a redelivered prompt finds its request already
+prompted, a redelivered rename or prompt older than the current one loses on time.
+
+The two topics are read independently, so a request's completion events may be folded
+before its PromptSubmitted (always so in a rebuild that reads chat.completions faster).
+Every field therefore merges order-independently across the topics: completion events
+create the request's rows with placeholders that the prompt fills in, the conversation's
+`updated_at` is a maximum, and a deleted conversation is a tombstone that filters every
+event of it, before or after the delete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from schemas.events import (
+    CancelRequested,
+    CompletionFailed,
+    CompletionFinished,
+    CompletionStarted,
+    ConversationDeleted,
+    ConversationRenamed,
+    Event,
+    PromptSubmitted,
+    TokenChunk,
+)
+
+TERMINAL = frozenset({"finished", "cancelled", "failed"})
+ASSISTANT_AFTER_USER = timedelta(milliseconds=1)
+
+ChunkKey = tuple[int, int]  # (attempt, seq)
+
+
+@dataclass
+class RequestRow:
+    """One request: its `completions` row and its assistant `messages` row together.
+
+    `user_id == ""` marks a request whose PromptSubmitted has not been folded yet.
+    """
+
+    request_id: str
+    conversation_id: str
+    user_id: str
+    model: str
+    status: str
+    attempt: int
+    last_seq: int
+    tokens: int
+    created_at: datetime
+    updated_at: datetime
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
+    ttft_ms: float | None = None
+    error: dict[str, Any] | None = None
+    finished_at: datetime | None = None
+    message_created_at: datetime | None = None
+    # What the batch changes (written by pg_store):
+    dirty: bool = False
+    reset: bool = False  # content restarts (a higher attempt)
+    appended: list[str] = field(default_factory=list)
+    new_chunks: list[tuple[int, int, str, int]] = field(default_factory=list)
+    drop_chunks_below: int | None = None
+    held: dict[ChunkKey, tuple[str, int]] = field(default_factory=dict)
+    held_dirty: bool = False
+    user_message: tuple[str, datetime] | None = None
+
+    @property
+    def prompted(self) -> bool:
+        return self.user_id != ""
+
+
+@dataclass
+class ConversationRow:
+    """One `conversations` row; `exists` is False until its first PromptSubmitted."""
+
+    id: str
+    exists: bool = False
+    user_id: str = ""
+    title: str | None = None
+    title_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    last_request_id: str | None = None
+    last_request_at: datetime | None = None
+    finished_before: datetime | None = None  # newest finish folded while it did not exist
+    dirty: bool = False
+
+
+@dataclass
+class FoldState:
+    """Everything one batch reads and writes. Loaded by pg_store, folded here."""
+
+    requests: dict[str, RequestRow] = field(default_factory=dict)
+    conversations: dict[str, ConversationRow] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)  # tombstones (stored and new)
+    newly_deleted: dict[str, datetime] = field(default_factory=dict)
+
+
+def _max(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def fold_batch(state: FoldState, events: list[Event]) -> FoldState:
+    """Apply `events` (in log order per partition) to `state`; returns it for chaining."""
+    for event in events:
+        if isinstance(event, ConversationDeleted) and event.conversation_id not in state.deleted:
+            state.deleted.add(event.conversation_id)
+            state.newly_deleted[event.conversation_id] = event.occurred_at
+    for event in events:
+        if event.key in state.deleted:
+            continue  # erased: the tombstone wins over events before and after the delete
+        _fold_one(state, event)
+    return state
+
+
+def _fold_one(state: FoldState, event: Event) -> None:
+    if isinstance(event, PromptSubmitted):
+        _prompt(state, event)
+    elif isinstance(event, ConversationRenamed):
+        _rename(state, event)
+    elif isinstance(event, CompletionStarted | TokenChunk | CompletionFinished | CompletionFailed):
+        _completion(state, event)
+    elif isinstance(event, CancelRequested):
+        pass  # the replica answers with CompletionFinished(cancelled): that is the fact we fold
+
+
+def conversation(state: FoldState, conversation_id: str) -> ConversationRow:
+    """The conversation's row state (a not-yet-existing one when it was not loaded)."""
+    row = state.conversations.get(conversation_id)
+    if row is None:
+        row = state.conversations[conversation_id] = ConversationRow(conversation_id)
+    return row
+
+
+def request(state: FoldState, event: Event, request_id: str) -> RequestRow:
+    """The request's row state; a placeholder (not prompted) when it is new."""
+    row = state.requests.get(request_id)
+    if row is None:
+        row = state.requests[request_id] = RequestRow(
+            request_id=request_id,
+            conversation_id=event.key,
+            user_id="",
+            model=getattr(event, "model", ""),
+            status="queued",
+            attempt=0,
+            last_seq=-1,
+            tokens=0,
+            created_at=event.occurred_at,
+            updated_at=event.occurred_at,
+            message_created_at=event.occurred_at,
+            dirty=True,
+        )
+    return row
+
+
+def _prompt(state: FoldState, p: PromptSubmitted) -> None:
+    conv = conversation(state, p.conversation_id)
+    if not conv.exists:
+        conv.exists = True
+        conv.user_id = p.user_id
+        conv.created_at = p.occurred_at
+        conv.updated_at = _max(p.occurred_at, conv.finished_before)
+        conv.last_request_id, conv.last_request_at = p.request_id, p.occurred_at
+    else:
+        conv.updated_at = _max(conv.updated_at, p.occurred_at)
+        if conv.last_request_at is None or p.occurred_at >= conv.last_request_at:
+            conv.last_request_id, conv.last_request_at = p.request_id, p.occurred_at
+    conv.dirty = True
+
+    req = request(state, p, p.request_id)
+    if req.prompted:
+        return  # a redelivered prompt
+    req.user_id, req.model = p.user_id, p.model
+    req.conversation_id = p.conversation_id
+    req.created_at = p.occurred_at
+    req.message_created_at = p.occurred_at + ASSISTANT_AFTER_USER
+    req.updated_at = max(req.updated_at, p.occurred_at)
+    content = p.messages[-1].content if p.messages else ""
+    req.user_message = (content, p.occurred_at)
+    req.dirty = True
+
+
+def _rename(state: FoldState, r: ConversationRenamed) -> None:
+    conv = conversation(state, r.conversation_id)
+    if not conv.exists:
+        return  # nothing to rename yet (same topic as its prompts: deterministic)
+    if conv.title_at is None or r.occurred_at >= conv.title_at:
+        conv.title, conv.title_at = r.title, r.occurred_at
+    conv.updated_at = _max(conv.updated_at, r.occurred_at)
+    conv.dirty = True
+
+
+def _restart(req: RequestRow, attempt: int) -> None:
+    """A higher attempt wins: its text starts empty and the lower attempts' chunks go."""
+    req.attempt, req.last_seq, req.tokens = attempt, -1, 0
+    req.reset, req.appended, req.new_chunks = True, [], []
+    req.drop_chunks_below = attempt
+    if req.held:
+        req.held = {k: v for k, v in req.held.items() if k[0] >= attempt}
+        req.held_dirty = True
+    req.finish_reason = req.usage = req.ttft_ms = req.error = req.finished_at = None
+    req.status = "streaming"
+
+
+def _completion(
+    state: FoldState,
+    e: CompletionStarted | TokenChunk | CompletionFinished | CompletionFailed,
+) -> None:
+    req = request(state, e, e.request_id)
+    if e.attempt < req.attempt:
+        return  # a lower attempt lost
+    if e.attempt > req.attempt:
+        _restart(req, e.attempt)
+    req.updated_at = max(req.updated_at, e.occurred_at)
+    req.dirty = True
+    if isinstance(e, CompletionStarted):
+        if not req.prompted:
+            req.model = e.model
+        if req.status == "queued":
+            req.status = "streaming"
+    elif isinstance(e, TokenChunk):
+        _chunk(req, e)
+    else:
+        _terminal(state, req, e)
+
+
+def _chunk(req: RequestRow, c: TokenChunk) -> None:
+    if c.seq <= req.last_seq:
+        return  # a duplicate
+    if c.seq > req.last_seq + 1:
+        if (c.attempt, c.seq) not in req.held:
+            req.held[(c.attempt, c.seq)] = (c.text, c.token_count)
+            req.held_dirty = True
+        return  # a gap: hold it until the missing chunk arrives
+    _append(req, c.attempt, c.seq, c.text, c.token_count)
+    while (req.attempt, req.last_seq + 1) in req.held:
+        text, tokens = req.held.pop((req.attempt, req.last_seq + 1))
+        req.held_dirty = True
+        _append(req, req.attempt, req.last_seq + 1, text, tokens)
+    if req.status == "queued":
+        req.status = "streaming"
+
+
+def _append(req: RequestRow, attempt: int, seq: int, text: str, tokens: int) -> None:
+    req.appended.append(text)
+    req.new_chunks.append((attempt, seq, text, tokens))
+    req.last_seq = seq
+    req.tokens += tokens
+
+
+def _terminal(state: FoldState, req: RequestRow, e: CompletionFinished | CompletionFailed) -> None:
+    if isinstance(e, CompletionFinished):
+        req.status = "cancelled" if e.finish_reason == "cancelled" else "finished"
+        req.finish_reason = e.finish_reason
+        req.usage = {
+            "prompt_tokens": e.usage.prompt_tokens,
+            "completion_tokens": e.usage.completion_tokens,
+        }
+        req.ttft_ms = e.ttft_ms
+    else:
+        req.status = "failed"
+        req.error = {"code": e.error_code, "message": e.message, "retryable": e.retryable}
+    req.finished_at = e.occurred_at
+    conv = conversation(state, e.conversation_id)
+    if conv.exists:
+        conv.updated_at = _max(conv.updated_at, e.occurred_at)
+        conv.dirty = True
+    else:
+        conv.finished_before = _max(conv.finished_before, e.occurred_at)

@@ -1,0 +1,78 @@
+"""The Postgres projection: chat.conversations + chat.completions -> the `chatlog` tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from processors.checkpoints import fence, read_checkpoints, write_checkpoints
+from processors.fold import fold_batch
+from processors.pg_store import LIVE_SCHEMA, load_state, write_state
+from processors.settings import ProcessorSettings
+from schemas.events import (
+    CompletionFailed,
+    CompletionFinished,
+    CompletionStarted,
+    Event,
+    PromptSubmitted,
+    TokenChunk,
+)
+
+TP = tuple[str, int]
+NAME = "postgres"
+
+
+class PostgresProjection:
+    """One batch = load touched rows, fold in memory, write rows + checkpoints, commit."""
+
+    name = NAME
+
+    def __init__(self, settings: ProcessorSettings, schema: str = LIVE_SCHEMA) -> None:
+        self.settings = settings
+        self.schema = schema
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def connection(self) -> psycopg.AsyncConnection[Any]:
+        """The projection's connection, reopened after an outage."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                await self._conn.close()
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.settings.postgres_url, connect_timeout=5, autocommit=True
+            )
+        return self._conn
+
+    async def stored_positions(self) -> dict[TP, int]:
+        return await read_checkpoints(await self.connection(), NAME, self.schema)
+
+    async def apply(
+        self, events: list[Event], positions: dict[TP, int], expected: dict[TP, int | None]
+    ) -> None:
+        conn = await self.connection()
+        request_ids = sorted(
+            {
+                e.request_id
+                for e in events
+                if isinstance(
+                    e,
+                    PromptSubmitted
+                    | CompletionStarted
+                    | TokenChunk
+                    | CompletionFinished
+                    | CompletionFailed,
+                )
+            }
+        )
+        conversation_ids = sorted({e.key for e in events})
+        async with conn.transaction():
+            await fence(conn, NAME, expected, self.schema)
+            if events:
+                state = await load_state(conn, self.schema, request_ids, conversation_ids)
+                fold_batch(state, events)
+                await write_state(conn, self.schema, state)
+            await write_checkpoints(conn, NAME, positions, self.schema)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()

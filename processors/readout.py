@@ -1,0 +1,101 @@
+"""`digest` (a stable hash of a read model's content) and `status` (checkpoint vs log end)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import meilisearch
+import psycopg
+from confluent_kafka import Consumer, TopicPartition
+
+from processors.pg_store import LIVE_SCHEMA, checked_schema
+from processors.settings import ProcessorSettings
+from schemas.resources import MESSAGES_INDEX
+
+# Content columns only: no positions, no generated columns. Ordered by primary key.
+DIGEST_TABLES: dict[str, tuple[str, str]] = {
+    "conversations": (
+        "id, user_id, title, status, created_at, updated_at, last_request_id, title_at,"
+        " last_request_at",
+        "id",
+    ),
+    "messages": (
+        "id, conversation_id, request_id, role, content, status, attempt, last_seq, tokens,"
+        " created_at, finished_at",
+        "id",
+    ),
+    "chunks": ("request_id, attempt, seq, text, token_count", "request_id, attempt, seq"),
+    "held_chunks": ("request_id, attempt, seq, text, token_count", "request_id, attempt, seq"),
+    "completions": (
+        "request_id, conversation_id, user_id, status, model, attempt, finish_reason, usage,"
+        " ttft_ms, error, created_at, updated_at",
+        "request_id",
+    ),
+    "deleted_conversations": ("conversation_id, deleted_at", "conversation_id"),
+}
+
+
+def postgres_digest(settings: ProcessorSettings, schema: str = LIVE_SCHEMA) -> dict[str, str]:
+    """sha256 per table of its rows in key order, plus `all` over the tables."""
+    s = checked_schema(schema)
+    out: dict[str, str] = {}
+    with psycopg.connect(settings.postgres_url) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        for table, (cols, key) in DIGEST_TABLES.items():
+            h = hashlib.sha256()
+            with conn.cursor(name=f"digest_{table}") as cur:
+                cur.execute(f"SELECT ({cols})::text FROM {s}.{table} t ORDER BY {key}")  # type: ignore[arg-type]
+                for (row,) in cur:
+                    h.update(row.encode() + b"\n")
+            out[table] = h.hexdigest()
+    out["all"] = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()
+    return out
+
+
+def search_documents(settings: ProcessorSettings, index: str | None = None) -> list[dict[str, Any]]:
+    """Every document of the messages index, sorted by id."""
+    client = meilisearch.Client(settings.meili_url or "", settings.meili_key, timeout=30)
+    idx = client.index(index or settings.index_name(MESSAGES_INDEX))
+    docs: list[dict[str, Any]] = []
+    while True:
+        page = idx.get_documents({"limit": 1000, "offset": len(docs)})
+        batch = [dict(d) for d in page.results]
+        docs += batch
+        if len(batch) < 1000:
+            break
+    return sorted(docs, key=lambda d: str(d["id"]))
+
+
+def search_digest(settings: ProcessorSettings) -> dict[str, str]:
+    docs = search_documents(settings)
+    body = json.dumps(docs, sort_keys=True, default=str).encode()
+    return {"documents": str(len(docs)), "all": hashlib.sha256(body).hexdigest()}
+
+
+def status_rows(settings: ProcessorSettings) -> list[dict[str, Any]]:
+    """Per projection and partition: stored checkpoint, log end and the lag between."""
+    with psycopg.connect(settings.postgres_url) as conn:
+        rows = conn.execute(
+            f'SELECT projection, topic, partition, "offset" FROM {LIVE_SCHEMA}.projection_checkpoints'
+        ).fetchall()
+    stored = {(p, t, n): o for p, t, n, o in rows}
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "status"})
+    try:
+        topics = [settings.topics.conversations, settings.topics.completions]
+        meta = consumer.list_topics(timeout=10)
+        ends: dict[tuple[str, int], int] = {}
+        for t in topics:
+            for p in sorted(meta.topics[t].partitions) if t in meta.topics else []:
+                _lo, hi = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)
+                ends[(t, p)] = hi
+    finally:
+        consumer.close()
+    out = []
+    for projection in ("postgres", "search"):
+        for (t, p), end in sorted(ends.items()):
+            cp = stored.get((projection, t, p))
+            out.append({"projection": projection, "topic": t, "partition": p,
+                        "checkpoint": cp, "end": end, "lag": end - (cp or 0)})  # fmt: skip
+    return out

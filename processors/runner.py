@@ -1,0 +1,301 @@
+"""The batch loop every projection runs: fetch, decode, apply in one transaction, repeat.
+
+Why a plain aiokafka consumer and not a faust agent: a projection's position lives in
+Postgres, written in the same transaction as its rows. That needs (1) a seek to the stored
+checkpoint on every partition assignment, (2) batches whose acknowledgement is that one
+commit, and (3) no offset commits of its own. faust offers none of these as a supported
+feature (its tracker: external offset storage unanswered, #461; seek during rebalance
+crashes, #54; acks/commit gaps with take(), #312 and the still-open manual-ack take, #192;
+offsets committed past in-flight messages, #606). So the faust app is the worker shell and
+this loop runs inside it as an app task (see `processors.app`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+
+from infra.clients import aio_producer
+from infra.dlq import dlq_headers
+from processors import metrics
+from processors.checkpoints import Fenced
+from processors.errors import is_transient
+from processors.settings import ProcessorSettings
+from schemas.codec import decode
+from schemas.errors import EventDecodeError
+from schemas.events import Event
+
+log = logging.getLogger(__name__)
+TP = tuple[str, int]
+Item = tuple[ConsumerRecord[bytes, bytes], Event | None]  # None: dead-lettered already
+
+
+class Projection(Protocol):
+    """A read model fed by the loop. `apply` is one transaction: rows plus checkpoints."""
+
+    name: str
+
+    async def stored_positions(self) -> dict[TP, int]:
+        """The stored checkpoints (topic, partition) -> next offset."""
+
+    async def apply(
+        self, events: list[Event], positions: dict[TP, int], expected: dict[TP, int | None]
+    ) -> None:
+        """Fold `events`, store `positions`; raise Fenced if the stored ones are not `expected`."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+@dataclass
+class Progress:
+    events: int
+    rate: float  # events/s over the last interval
+    lag: int
+
+
+class Runner:
+    """Runs one projection over chat.conversations and chat.completions.
+
+    With `group` it joins that consumer group (live); without, it assigns every partition
+    itself (a rebuild) and, with `stop_at_lag`, returns once that close to the log end.
+    """
+
+    def __init__(
+        self,
+        settings: ProcessorSettings,
+        projection: Projection,
+        *,
+        group: str | None,
+        stop_at_lag: int | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.projection = projection
+        self.group = group
+        self.stop_at_lag = stop_at_lag
+        self.on_progress = on_progress
+        self.topics = [settings.topics.conversations, settings.topics.completions]
+        self.base: dict[TP, int | None] = {}
+        self.folded = 0
+        self._stopping = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: Any = None
+        self._rate_mark = (time.monotonic(), 0)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        consumer = self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_interval_ms=3_600_000,  # a paused (retrying) batch must keep its partitions
+            fetch_max_bytes=16 * 1024 * 1024,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self._producer = aio_producer(self.settings)
+        await consumer.start()
+        await self._producer.start()
+        try:
+            if self.group:
+                consumer.subscribe(self.topics, listener=_SeekToCheckpoint(self))
+            else:
+                cluster = await consumer._client.fetch_all_metadata()
+                tps = [
+                    TopicPartition(t, p)
+                    for t in self.topics
+                    for p in sorted(cluster.partitions_for_topic(t) or ())
+                ]
+                consumer.assign(tps)
+                await self.seek(tps)
+            await self._loop(consumer)
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+
+    async def _loop(self, consumer: AIOKafkaConsumer) -> None:
+        while not self._stopping.is_set():
+            fetched = await consumer.getmany(
+                timeout_ms=self.settings.batch_wait_ms, max_records=self.settings.batch_max_events
+            )
+            assigned = consumer.assignment()
+            records = [r for tp, rs in fetched.items() if tp in assigned for r in rs]
+            if records:
+                await self._process(records)
+            lag = await self._observe(consumer, idle=not records)
+            if self.stop_at_lag is not None and lag is not None and lag <= self.stop_at_lag:
+                return
+
+    async def seek(self, tps: list[TopicPartition]) -> None:
+        """Position these partitions at the stored checkpoints (the beginning when none)."""
+        assert self._consumer is not None
+        stored = await self._retry_transient(self.projection.stored_positions)
+        for tp in tps:
+            offset = stored.get((tp.topic, tp.partition))
+            self.base[(tp.topic, tp.partition)] = offset
+            if offset is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, offset)
+
+    async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        items = [(r, await self._decode(r)) for r in records]
+        positions: dict[TP, int] = {}
+        for r, _ in items:
+            positions[(r.topic, r.partition)] = r.offset + 1
+        expected = {tp: self.base.get(tp) for tp in positions}
+        events = [e for _, e in items if e is not None]
+        failures = 0
+        while True:
+            try:
+                await self.projection.apply(events, positions, expected)
+                break
+            except Fenced as exc:
+                log.warning("%s", exc)
+                await self.seek(list(self._consumer.assignment()) if self._consumer else [])
+                return
+            except Exception as exc:
+                if is_transient(exc):
+                    await self._pause(exc)
+                    continue
+                failures += 1
+                log.warning("%s: batch failed (%d): %r", self.projection.name, failures, exc)
+                if failures >= self.settings.apply_retries:
+                    await self._one_by_one(items)
+                    return
+        self.base.update(positions)
+        self._count(len(items))
+
+    async def _one_by_one(self, items: list[Item]) -> None:
+        """Isolate the poison in a failing batch: apply each event alone, DLQ what fails."""
+        for record, event in items:
+            tp = (record.topic, record.partition)
+            position = {tp: record.offset + 1}
+            if event is not None and not await self._apply_alone(record, event):
+                event = None
+            if event is None:  # dead-lettered: only move the checkpoint past it
+                await self._retry_transient(
+                    self.projection.apply, [], position, {tp: self.base.get(tp)}
+                )
+            self.base[tp] = record.offset + 1
+            self._count(1)
+
+    async def _apply_alone(self, record: ConsumerRecord[bytes, bytes], event: Event) -> bool:
+        tp = (record.topic, record.partition)
+        position = {tp: record.offset + 1}
+        for attempt in range(1, self.settings.apply_retries + 1):
+            try:
+                await self._retry_transient(
+                    self.projection.apply, [event], position, {tp: self.base.get(tp)}
+                )
+                return True
+            except Fenced:
+                raise
+            except Exception as exc:
+                if attempt == self.settings.apply_retries:
+                    await self._dead_letter(record, exc)
+        return False
+
+    async def _decode(self, record: ConsumerRecord[bytes, bytes]) -> Event | None:
+        try:
+            return decode(
+                record.value,
+                list(record.headers),
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+        except EventDecodeError as exc:
+            await self._dead_letter(record, exc)
+            return None
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: BaseException) -> None:
+        log.error("%s: dead-lettering %s/%d@%d: %s", self.projection.name, record.topic,
+                  record.partition, record.offset, exc)  # fmt: skip
+        headers = dlq_headers(
+            list(record.headers),
+            error=exc,
+            consumer=f"processors.{self.projection.name}",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        await self._retry_transient(
+            self._producer.send_and_wait,
+            self.settings.topics.dlq,
+            value=record.value,
+            key=record.key,
+            headers=headers,
+        )
+        metrics.DEAD_LETTERED.labels(self.projection.name).inc()
+
+    async def _retry_transient(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        while True:
+            try:
+                return await fn(*args, **kw)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                await self._pause(exc)
+
+    async def _pause(self, exc: BaseException) -> None:
+        """A dependency is down: not poison. Wait, keep the batch, try again."""
+        metrics.TRANSIENT_FAILURES.labels(self.projection.name).inc()
+        log.warning("%s: transient failure, retrying in 1s: %r", self.projection.name, exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+        if self._stopping.is_set():
+            raise asyncio.CancelledError
+
+    def _count(self, n: int) -> None:
+        self.folded += n
+        metrics.EVENTS.labels(self.projection.name).inc(n)
+
+    async def _observe(self, consumer: AIOKafkaConsumer, *, idle: bool) -> int | None:
+        """Update lag gauges and the rate; report progress about once a second."""
+        now = time.monotonic()
+        since, count = self._rate_mark
+        if now - since < 1.0 and not (idle and self.stop_at_lag is not None):
+            return None
+        rate = (self.folded - count) / max(now - since, 1e-6)
+        self._rate_mark = (now, self.folded)
+        metrics.EVENTS_PER_SECOND.labels(self.projection.name).set(rate)
+        assigned = list(consumer.assignment())
+        ends = await consumer.end_offsets(assigned) if assigned else {}
+        lag = 0
+        for tp in assigned:
+            position = self.base.get((tp.topic, tp.partition)) or 0
+            behind = max(ends.get(tp, 0) - position, 0)
+            lag += behind
+            metrics.LAG.labels(self.projection.name, tp.topic, str(tp.partition)).set(behind)
+        if self.on_progress:
+            self.on_progress(Progress(self.folded, rate, lag))
+        return lag
+
+
+class _SeekToCheckpoint(ConsumerRebalanceListener):  # type: ignore[misc]
+    """On assignment, position each partition at the projection's stored checkpoint."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        # Nothing to flush: a batch is one transaction, and the fence stops a late writer.
+        for tp in revoked:
+            self.runner.base.pop((tp.topic, tp.partition), None)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.runner.seek(list(assigned))

@@ -1,0 +1,26 @@
+"""`python -m query_api`: serve on CHATLOG_QUERY_HOST:CHATLOG_QUERY_PORT (default 8001)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from query_api.app import create_app
+from query_api.settings import QuerySettings
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = QuerySettings()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.query_host,
+        port=settings.query_port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Orders one request's events from several sources into the client's exact SSE sequence.
+
+Sources overlap (a hub snapshot, Postgres rows, live events, a Kafka backfill), arrive in
+any mix, and repeat (at-least-once). The assembler keeps the client's position
+(attempt, next seq), drops what the client already has, switches attempts with a `reset`
+(never mixing two attempts' text), and reports gaps the durable sources must fill first.
+Pure and synchronous, so every ordering rule is unit-tested without services.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from query_api.events import Position, StreamEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Out:
+    """One SSE event for the client: name, id (None: no id line), JSON data."""
+
+    event: str
+    id: str | None
+    data: dict[str, Any]
+    occurred_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Chunks [from_seq, until) of `attempt` are missing (until None: all up to the hub's)."""
+
+    attempt: int
+    from_seq: int
+    until: int | None
+
+
+class Assembler:
+    """The client's position in one request's stream, and the rules to advance it."""
+
+    def __init__(self, request_id: str, resume: Position | None = None) -> None:
+        self.request_id = request_id
+        self.attempt = resume.attempt if resume else -1
+        self.next_seq = resume.seq + 1 if resume and not resume.done else 0
+        self.has_content = resume is not None
+        self.finished = bool(resume and resume.done)
+        self.last_id: str | None = None
+        if resume is not None:
+            self.last_id = f"{resume.attempt}:{'done' if resume.done else resume.seq}"
+
+    def gap(self, ev: StreamEvent) -> Gap | None:
+        """The chunks that must be emitted before `ev` and that no source has given yet."""
+        if self.finished or ev.attempt < self.attempt or ev.kind == "started":
+            return None
+        next_seq = self.next_seq if ev.attempt == self.attempt else 0
+        if ev.kind == "chunk":
+            return Gap(ev.attempt, next_seq, ev.seq) if ev.seq > next_seq else None
+        # done/error: complete when its source saw every chunk before it
+        if ev.anchored or ev.first_seq is not None:
+            return None
+        return Gap(ev.attempt, next_seq, None)
+
+    def accept(self, ev: StreamEvent) -> list[Out]:
+        """The SSE events `ev` produces for this client (often none: a duplicate)."""
+        if self.finished or ev.attempt < self.attempt:
+            return []
+        outs: list[Out] = []
+        if ev.attempt > self.attempt:
+            if self.has_content:
+                outs.append(
+                    Out("reset", None, {"request_id": self.request_id, "attempt": ev.attempt})
+                )
+            self.attempt, self.next_seq, self.has_content = ev.attempt, 0, False
+        if ev.kind == "chunk":
+            if ev.seq != self.next_seq:
+                return outs  # already sent (or a gap the caller failed to fill)
+            self.next_seq += 1
+            self.has_content = True
+            self.last_id = f"{ev.attempt}:{ev.seq}"
+            outs.append(
+                Out(
+                    "chunk",
+                    self.last_id,
+                    {
+                        "request_id": self.request_id,
+                        "attempt": ev.attempt,
+                        "seq": ev.seq,
+                        "text": ev.text,
+                        "token_count": ev.token_count,
+                    },
+                    ev.occurred_at,
+                )
+            )
+        elif ev.kind == "done":
+            self.finished = True
+            outs.append(Out("done", f"{ev.attempt}:done", ev.data, ev.occurred_at))
+        elif ev.kind == "error":
+            self.finished = True
+            outs.append(Out("error", None, ev.data, ev.occurred_at))
+        return outs

@@ -1,0 +1,110 @@
+"""A completion's state, and its resumable live stream (SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header
+from fastapi.responses import StreamingResponse
+
+from infra.http import BadRequest, NotFound
+from query_api import views
+from query_api.deps import AppState, CurrentUser, State
+from query_api.events import Position
+from query_api.stream import StreamSession
+
+router = APIRouter(prefix="/v1/chat/completions", tags=["completions"])
+
+
+async def require_owner(state: AppState, user: str, request_id: str) -> None:
+    """404 unless `user` owns the request.
+
+    The owner comes from the hub (it tails PromptSubmitted, so it knows a request
+    milliseconds after the POST) or from `chatlog.completions` once projected; a request
+    neither knows yet is waited for briefly, since a client opens its stream right after
+    the POST that created it.
+    """
+    deadline = time.monotonic() + state.settings.owner_wait_s
+    while True:
+        owner = state.hub.owner(request_id)
+        owner_id = owner.user_id if owner else None
+        if owner_id is None:
+            async with state.pool.connection() as conn:
+                owner_id = await views.owner_of(conn, request_id)
+        if owner_id == user:
+            return
+        if owner_id is not None or time.monotonic() >= deadline:
+            raise NotFound(f"No completion {request_id!r}.", param="request_id")
+        await asyncio.sleep(0.1)
+
+
+@router.get("/{request_id}")
+async def get_completion(state: State, user: CurrentUser, request_id: str) -> dict[str, Any]:
+    """Status, text so far, usage and timings of one of the caller's completions."""
+    async with state.pool.connection() as conn:
+        row = await views.completion(conn, request_id)
+    if row is None or row["user_id"] != user:
+        owner = state.hub.owner(request_id)
+        if row is not None or owner is None or owner.user_id != user:
+            raise NotFound(f"No completion {request_id!r}.", param="request_id")
+        # submitted, not yet projected
+        row = {
+            "request_id": request_id,
+            "conversation_id": owner.conversation_id,
+            "status": "queued",
+            "model": owner.model,
+            "attempt": 0,
+        }
+    return {
+        "id": request_id,
+        "object": "chat.completion.status",
+        "conversation_id": row["conversation_id"],
+        "status": row["status"],
+        "model": row["model"],
+        "attempt": row["attempt"],
+        "text": row.get("content") or "",
+        "finish_reason": row.get("finish_reason"),
+        "usage": row.get("usage"),
+        "error": row.get("error"),
+        "timings": {
+            "created_at": _iso(row.get("created_at")),
+            "updated_at": _iso(row.get("updated_at")),
+            "finished_at": _iso(row.get("finished_at")),
+            "ttft_ms": row.get("ttft_ms"),
+        },
+        "stream_url": f"/v1/chat/completions/{request_id}/stream",
+    }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+@router.get("/{request_id}/stream")
+async def stream_completion(
+    state: State,
+    user: CurrentUser,
+    request_id: str,
+    starting_after: str | None = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """SSE: chunk/reset/done/error events; resumes after `Last-Event-ID`/`starting_after`."""
+    try:
+        resume = Position.parse(last_event_id or starting_after)
+    except ValueError as exc:
+        raise BadRequest(
+            "Event ids look like `<attempt>:<seq>` or `<attempt>:done`.",
+            param="starting_after",
+            code="invalid_event_id",
+        ) from exc
+    await require_owner(state, user, request_id)
+    session = StreamSession(
+        state.settings, state.hub, state.durable, state.metrics, request_id, resume
+    )
+    return StreamingResponse(
+        session.events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,50 @@
+"""Liveness, readiness, metrics and the model list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from infra.http import Unavailable
+from query_api.deps import CurrentUser, State
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(state: State) -> dict[str, Any]:
+    """Postgres answers and the hub is consuming."""
+    if not state.ready or not state.hub.running:
+        raise Unavailable("Not ready: the hub is not consuming.")
+    try:
+        async with state.pool.connection(timeout=2) as conn:
+            await conn.execute("SELECT 1")
+    except Exception as exc:
+        raise Unavailable(f"Not ready: Postgres: {exc}") from exc
+    return {"status": "ready", "hub_lag": state.hub.consumer_lag()}
+
+
+@router.get("/metrics")
+async def metrics(state: State) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/models")
+async def models(state: State, _: CurrentUser) -> dict[str, Any]:
+    """The models the inference deployment serves; the first is the default."""
+    return {
+        "object": "list",
+        "data": [
+            {"id": m, "object": "model", "created": 0, "owned_by": "chatlog"}
+            for m in state.settings.model_ids
+        ],
+    }

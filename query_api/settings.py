@@ -1,0 +1,30 @@
+"""The query API's one settings class (env prefix `CHATLOG_`, like every service)."""
+
+from __future__ import annotations
+
+from infra.settings import InfraSettings
+
+
+class QuerySettings(InfraSettings):
+    """Connection settings plus the read side's own knobs."""
+
+    query_host: str = "127.0.0.1"
+    query_port: int = 8001
+    query_pool_size: int = 10
+    # start-up: wait for Postgres and Kafka this many times, `startup_backoff_s` apart
+    startup_attempts: int = 30
+    startup_backoff_s: float = 1.0
+    # SSE
+    heartbeat_s: float = 15.0
+    client_queue_size: int = 256  # events a slow client may lag before it is told to reconnect
+    # the hub keeps a finished request's buffer this long, so "finished a second ago" is
+    # served from memory while the projection catches up
+    finished_ttl_s: float = 60.0
+    idle_ttl_s: float = 900.0  # a non-terminal request silent this long is dropped from memory
+    owners_max: int = 200_000  # request -> user entries learnt from chat.conversations
+    # catch-up of a request the hub joined mid-way
+    owner_wait_s: float = 3.0  # unknown request: wait this long for its PromptSubmitted
+    projection_wait_s: float = 2.0  # wait this long for Postgres to fill a gap ...
+    backfill_lookback_s: float = 3600.0  # ... then re-read Kafka from this far back
+    idle_poll_s: float = 2.0  # a waiting stream re-checks Postgres this often
+    search_max_limit: int = 50

@@ -1,0 +1,128 @@
+"""One SSE stream: register with the hub, catch up, then drain live events (ARCHITECTURE §7).
+
+The generator yields ready-made SSE bytes; several events that are already queued leave in
+one write, so a busy stream costs one socket write per hub batch rather than per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from query_api.assembler import Assembler, Out
+from query_api.durable import DurableSource, StreamIncomplete
+from query_api.events import Position, StreamEvent
+from query_api.hub import Hub, Subscriber
+from query_api.metrics import Metrics
+from query_api.settings import QuerySettings
+from query_api.sse import PING, error_frame, frame
+
+log = logging.getLogger(__name__)
+
+
+class StreamSession:
+    """Serves one client's stream of one request."""
+
+    def __init__(
+        self,
+        settings: QuerySettings,
+        hub: Hub,
+        durable: DurableSource,
+        metrics: Metrics,
+        request_id: str,
+        resume: Position | None,
+    ) -> None:
+        self._settings, self._hub, self._durable, self._metrics = settings, hub, durable, metrics
+        self._request_id = request_id
+        self._asm = Assembler(request_id, resume)
+
+    async def events(self) -> AsyncIterator[bytes]:
+        """The SSE byte stream; ends after done/error (or at once if resumed after done)."""
+        if self._asm.finished:
+            return
+        sub, snap = self._hub.subscribe(self._request_id)
+        try:
+            try:
+                initial = await self._durable.initial_events(self._request_id, snap)
+                data = await self._feed_all(initial)
+            except StreamIncomplete as exc:
+                yield self._incomplete(exc)
+                return
+            if data:
+                yield data
+            if self._asm.finished:
+                return
+            async for chunk in self._live(sub, polling=snap is None):
+                yield chunk
+        finally:
+            self._hub.unsubscribe(sub)
+
+    async def _live(self, sub: Subscriber, *, polling: bool) -> AsyncIterator[bytes]:
+        s = self._settings
+        last_write = time.monotonic()
+        while not self._asm.finished:
+            if sub.overflowed:
+                self._metrics.overflows.inc()
+                yield error_frame(
+                    "Client too slow: reconnect with Last-Event-ID: "
+                    f"{self._asm.last_id or ''} to resume.",
+                    "slow_consumer",
+                )
+                return
+            batch: list[StreamEvent] = []
+            while not sub.queue.empty():
+                batch.append(sub.queue.get_nowait())
+            if not batch:
+                # the hub has nothing of this request yet: a finish it never saw (before it
+                # joined the log) reaches Postgres only, so re-check Postgres while idle
+                wait = min(s.heartbeat_s, s.idle_poll_s) if polling else s.heartbeat_s
+                try:
+                    async with asyncio.timeout(wait):  # no task per wait, unlike wait_for
+                        batch.append(await sub.queue.get())
+                except TimeoutError:
+                    if polling:
+                        _, pg_events = await self._durable.state(self._request_id)
+                        batch.extend(pg_events)
+                    if not batch and time.monotonic() - last_write >= s.heartbeat_s:
+                        last_write = time.monotonic()
+                        yield PING
+                    if not batch:
+                        continue
+            polling = polling and not any(e.occurred_at for e in batch)
+            try:
+                data = await self._feed_all(batch)
+            except StreamIncomplete as exc:
+                yield self._incomplete(exc)
+                return
+            if data:
+                last_write = time.monotonic()
+                yield data
+
+    async def _feed_all(self, events: list[StreamEvent]) -> bytes:
+        outs: list[Out] = []
+        for ev in events:
+            gap = self._asm.gap(ev)
+            if gap is not None:
+                self._metrics.backfills.inc()
+                for filled in await self._durable.fill(self._request_id, gap):
+                    outs += self._asm.accept(filled)
+                if ev.kind == "chunk" and self._asm.gap(ev) is not None:
+                    raise StreamIncomplete(f"gap {gap} not filled")
+            outs += self._asm.accept(ev)
+            if self._asm.finished:
+                break
+        now = time.time()
+        for out in outs:
+            if out.occurred_at:
+                self._metrics.delivery_lag.observe(max(0.0, now - out.occurred_at))
+        return b"".join(frame(o) for o in outs)
+
+    def _incomplete(self, exc: StreamIncomplete) -> bytes:
+        log.warning("stream %s incomplete: %s", self._request_id, exc)
+        return error_frame(
+            "The stream could not be assembled; reconnect with Last-Event-ID: "
+            f"{self._asm.last_id or ''}.",
+            "stream_incomplete",
+        )

@@ -1,0 +1,116 @@
+"""Read-side SQL over the `chatlog.*` read models (ARCHITECTURE §4): plain queries, no ORM.
+
+Every query is scoped by the caller's user id, so another user's ids look exactly like
+ids that do not exist.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+Row = dict[str, Any]
+Keyset = tuple[datetime, str] | None
+
+TERMINAL = frozenset({"finished", "cancelled", "failed"})
+
+
+async def _all(conn: AsyncConnection[Any], sql: str, params: Any) -> list[Row]:
+    # dict rows per cursor: the pool's connections keep tuple rows for infra.auth
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, params)  # type: ignore[arg-type]  # constant SQL only
+        return await cur.fetchall()
+
+
+async def _one(conn: AsyncConnection[Any], sql: str, params: Any) -> Row | None:
+    rows = await _all(conn, sql, params)
+    return rows[0] if rows else None
+
+
+async def conversations_page(
+    conn: AsyncConnection[Any], user_id: str, after: Keyset, limit: int
+) -> list[Row]:
+    """Newest activity first; keyset on (updated_at, id). Fetches limit + 1 to see more."""
+    return await _all(
+        conn,
+        """SELECT id, title, status, created_at, updated_at, last_request_id
+             FROM chatlog.conversations
+            WHERE user_id = %(user)s
+              AND (%(at)s::timestamptz IS NULL OR (updated_at, id) < (%(at)s, %(id)s))
+            ORDER BY updated_at DESC, id DESC
+            LIMIT %(n)s""",
+        {
+            "user": user_id,
+            "at": after[0] if after else None,
+            "id": after[1] if after else None,
+            "n": limit + 1,
+        },
+    )
+
+
+async def conversation(
+    conn: AsyncConnection[Any], user_id: str, conversation_id: str
+) -> Row | None:
+    return await _one(
+        conn,
+        """SELECT id, title, status, created_at, updated_at, last_request_id
+             FROM chatlog.conversations WHERE id = %s AND user_id = %s""",
+        (conversation_id, user_id),
+    )
+
+
+async def messages_page(
+    conn: AsyncConnection[Any], conversation_id: str, after: Keyset, limit: int
+) -> list[Row]:
+    """Newest first; keyset on (created_at, id), which never change: stable under inserts."""
+    return await _all(
+        conn,
+        """SELECT id, conversation_id, request_id, role, content, status, attempt, tokens,
+                  created_at, finished_at
+             FROM chatlog.messages
+            WHERE conversation_id = %(c)s
+              AND (%(at)s::timestamptz IS NULL OR (created_at, id) < (%(at)s, %(id)s))
+            ORDER BY created_at DESC, id DESC
+            LIMIT %(n)s""",
+        {
+            "c": conversation_id,
+            "at": after[0] if after else None,
+            "id": after[1] if after else None,
+            "n": limit + 1,
+        },
+    )
+
+
+async def completion(conn: AsyncConnection[Any], request_id: str) -> Row | None:
+    """The completion row joined with its assistant message (text so far), any owner."""
+    return await _one(
+        conn,
+        """SELECT c.request_id, c.conversation_id, c.user_id, c.status, c.model, c.attempt,
+                  c.finish_reason, c.usage, c.ttft_ms, c.error, c.created_at, c.updated_at,
+                  m.content, m.tokens, m.finished_at
+             FROM chatlog.completions c
+             LEFT JOIN chatlog.messages m ON m.id = c.request_id || ':assistant'
+            WHERE c.request_id = %s""",
+        (request_id,),
+    )
+
+
+async def chunks(
+    conn: AsyncConnection[Any], request_id: str, attempt: int, from_seq: int
+) -> list[Row]:
+    return await _all(
+        conn,
+        """SELECT attempt, seq, text, token_count FROM chatlog.chunks
+            WHERE request_id = %s AND attempt = %s AND seq >= %s ORDER BY seq""",
+        (request_id, attempt, from_seq),
+    )
+
+
+async def owner_of(conn: AsyncConnection[Any], request_id: str) -> str | None:
+    row = await _one(
+        conn, "SELECT user_id FROM chatlog.completions WHERE request_id = %s", (request_id,)
+    )
+    return None if row is None else str(row["user_id"])

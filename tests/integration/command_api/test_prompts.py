@@ -1,0 +1,170 @@
+"""Accepting prompts on the real broker and database: the event, its context, idempotency."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas import PromptSubmitted
+from tests.integration.command_api.conftest import events_about, project_turn, prompt
+
+pytestmark = pytest.mark.integration
+TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def test_accepted_prompt_is_in_the_topic_with_key_headers_and_context(
+    client, settings, new_user
+):
+    user, auth = new_user()
+    body = prompt(
+        "Why is the sky blue?",
+        temperature=0.5,
+        max_tokens=32,
+        stop=["\n\n"],
+        seed=7,
+    )
+    body["messages"].insert(0, {"role": "system", "content": "Be brief."})
+    resp = await client.post(
+        "/v1/chat/completions", json=body, headers={**auth, "traceparent": TRACE}
+    )
+    assert resp.status_code == 202, resp.text
+    out = resp.json()
+    assert out["object"] == "chat.completion.request" and out["status"] == "queued"
+    assert out["stream_url"] == f"/v1/chat/completions/{out['id']}/stream"
+    assert resp.headers["x-ratelimit-limit-requests"] == "60"
+    assert resp.headers["x-ratelimit-remaining-requests"] == "59"
+
+    records = await events_about(settings, out["id"])
+    assert len(records) == 1
+    key, event = records[0]
+    assert isinstance(event, PromptSubmitted)
+    assert key == out["conversation_id"].encode() == event.key.encode()
+    assert event.user_id == user and event.traceparent == TRACE
+    assert [(m.role, m.content) for m in event.messages] == [
+        ("system", "Be brief."),
+        ("user", "Why is the sky blue?"),
+    ]
+    assert event.params.max_tokens == 32 and event.params.temperature == 0.5
+    assert event.params.stop == ("\n\n",) and event.params.seed == 7
+
+
+async def test_continuation_carries_the_full_context_from_the_read_model(
+    client, settings, new_user
+):
+    user, auth = new_user()
+    first = (
+        await client.post("/v1/chat/completions", json=prompt("Hi, I am Ada."), headers=auth)
+    ).json()
+    conv = first["conversation_id"]
+    project_turn(
+        settings,
+        request_id=first["id"],
+        conversation_id=conv,
+        user_id=user,
+        prompt_text="Hi, I am Ada.",
+        answer="Hello Ada!",
+    )
+    resp = await client.post(
+        "/v1/chat/completions",
+        json=prompt("What is my name?", conversation_id=conv),
+        headers=auth,
+    )
+    assert resp.status_code == 202, resp.text
+    second = resp.json()
+    assert second["conversation_id"] == conv
+    [(_, event)] = await events_about(settings, second["id"])
+    assert isinstance(event, PromptSubmitted)
+    assert [(m.role, m.content) for m in event.messages] == [
+        ("user", "Hi, I am Ada."),
+        ("assistant", "Hello Ada!"),
+        ("user", "What is my name?"),
+    ]
+    assert event.parent_request_id == first["id"]
+
+
+async def test_continuation_waits_then_answers_409_while_the_last_turn_runs(client, new_user):
+    _, auth = new_user()
+    first = (await client.post("/v1/chat/completions", json=prompt(), headers=auth)).json()
+    resp = await client.post(
+        "/v1/chat/completions",
+        json=prompt("more", conversation_id=first["conversation_id"]),
+        headers=auth,
+    )
+    assert resp.status_code == 409
+    assert resp.json()["error"]["code"] == "conversation_busy"
+
+
+async def test_idempotent_retry_yields_one_event_and_the_same_response(client, settings, new_user):
+    user, auth = new_user()
+    headers = {**auth, "Idempotency-Key": "retry-1"}
+    body = prompt("once only")
+    a = await client.post("/v1/chat/completions", json=body, headers=headers)
+    b = await client.post("/v1/chat/completions", json=body, headers=headers)
+    assert a.status_code == b.status_code == 202
+    assert a.json() == b.json()
+    assert b.headers["idempotent-replayed"] == "true"
+    records = await events_about(settings, user)
+    assert [e.request_id for _, e in records] == [a.json()["id"]]  # type: ignore[attr-defined]
+    assert records[0][1].idempotency_key == "retry-1"  # type: ignore[attr-defined]
+
+    c = await client.post("/v1/chat/completions", json=prompt("another body"), headers=headers)
+    assert c.status_code == 422
+    assert c.json()["error"]["code"] == "idempotency_key_reused"
+    _, other_auth = new_user()  # keys are per user: another user's same key is unrelated
+    d = await client.post(
+        "/v1/chat/completions", json=body, headers={**other_auth, "Idempotency-Key": "retry-1"}
+    )
+    assert d.status_code == 202 and d.json()["id"] != a.json()["id"]
+
+
+async def test_61st_prompt_in_a_minute_is_refused_with_headers(client, new_user):
+    _, auth = new_user()
+    for i in range(60):
+        resp = await client.post("/v1/chat/completions", json=prompt(f"n{i}"), headers=auth)
+        assert resp.status_code == 202, resp.text
+    assert resp.headers["x-ratelimit-remaining-requests"] == "0"
+    refused = await client.post("/v1/chat/completions", json=prompt("61"), headers=auth)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert refused.headers["x-ratelimit-limit-requests"] == "60"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert 55 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+async def test_bad_input_is_refused_in_the_openai_shape(client, settings, new_user):
+    _, auth = new_user()
+    cases = [
+        ({**prompt(), "model": "gpt-9"}, 400, "model"),
+        ({**prompt(), "messages": []}, 400, "messages"),
+        ({**prompt(), "messages": [{"role": "tool", "content": "x"}]}, 400, "messages.0.role"),
+        ({**prompt(), "temperature": 3}, 400, "temperature"),
+        ({**prompt(), "n": 2}, 400, "n"),
+    ]
+    for body, status, param in cases:
+        resp = await client.post("/v1/chat/completions", json=body, headers=auth)
+        assert resp.status_code == status, (body, resp.text)
+        assert resp.json()["error"]["param"] == param
+    huge = prompt("x" * (settings.max_body_bytes + 1))
+    resp = await client.post("/v1/chat/completions", json=huge, headers=auth)
+    assert resp.status_code == 413
+    assert resp.json()["error"]["type"] == "invalid_request_error"
+    resp = await client.post("/v1/chat/completions", json=prompt(), headers={})
+    assert resp.status_code == 401
+    resp = await client.post(
+        "/v1/chat/completions", json=prompt(), headers={"Authorization": "Bearer cl-nope"}
+    )
+    assert resp.status_code == 401
+
+
+async def test_health_readiness_and_metrics(client):
+    assert (await client.get("/healthz")).status_code == 200
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {
+        "status": "ready",
+        "postgres": True,
+        "kafka": True,
+    }
+    text = (await client.get("/metrics")).text
+    assert "chatlog_command_requests_total" in text
+    assert 'chatlog_command_rejections_total{reason="rate_limit_exceeded"}' in text
+    assert "chatlog_command_request_seconds_bucket" in text

@@ -1,0 +1,77 @@
+"""Helpers for the processors' integration tests: publish events, fold to the log end."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from confluent_kafka import Producer
+
+from infra.clients import producer_config
+from infra.settings import InfraSettings
+from processors.pg_projection import PostgresProjection
+from processors.runner import Runner
+from processors.search_projection import SearchProjection
+from processors.settings import ProcessorSettings
+from schemas.codec import encode
+from schemas.events import ConversationEvent, Event
+
+RawRecord = tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
+
+
+def processor_settings(infra: InfraSettings, **overrides: object) -> ProcessorSettings:
+    return ProcessorSettings(**{**infra.model_dump(), "metrics_port": 0, **overrides})
+
+
+def topic_of(settings: InfraSettings, event: Event) -> str:
+    if isinstance(event, ConversationEvent):
+        return settings.topics.conversations
+    return settings.topics.completions
+
+
+def publish(settings: InfraSettings, items: Iterable[Event | RawRecord]) -> None:
+    """Append events (or raw records) to their topics, in order, and wait for the acks."""
+    producer = Producer(producer_config(settings))
+    for item in items:
+        if isinstance(item, tuple):
+            topic, key, value, headers = item
+            producer.produce(topic, value=value, key=key, headers=headers)
+        else:
+            value, headers = encode(item)
+            producer.produce(topic_of(settings, item), value=value, key=item.key.encode(),
+                             headers=headers)  # fmt: skip
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+async def fold_to_end(settings: ProcessorSettings, *, search: bool = False) -> int:
+    """Run the Postgres (then search) projection until it reaches the log end."""
+    folded = 0
+    projections = [PostgresProjection(settings)]
+    if search:
+        projections.append(SearchProjection(settings))  # type: ignore[arg-type]
+    for projection in projections:
+        runner = Runner(settings, projection, group=None, stop_at_lag=0)
+        try:
+            await runner.run()
+        finally:
+            await projection.close()
+        folded += runner.folded
+    return folded
+
+
+def subprocess_env(settings: InfraSettings, **extra: str) -> dict[str, str]:
+    """The environment that points `python -m processors` at this test's services."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLOG_")}
+    env.update(
+        CHATLOG_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        CHATLOG_TOPIC_PREFIX=settings.topic_prefix,
+        CHATLOG_POSTGRES_URL=settings.postgres_url,
+        CHATLOG_MEILI_URL=settings.meili_url or "",
+        CHATLOG_MEILI_KEY=settings.meili_key,
+        CHATLOG_INDEX_PREFIX=settings.index_prefix,
+        CHATLOG_HOME=str(settings.home),
+        CHATLOG_METRICS_PORT="0",
+        **extra,
+    )
+    return env

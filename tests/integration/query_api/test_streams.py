@@ -1,0 +1,291 @@
+"""The hub and live streams on real Kafka and Postgres: live delivery, exact resume from
+every event id, a stream joined mid-generation, attempts that never mix, ownership."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from infra.settings import InfraSettings
+from schemas.events import (
+    ChatMessage,
+    CompletionFinished,
+    CompletionStarted,
+    GenerationParams,
+    PromptSubmitted,
+    TokenChunk,
+    Usage,
+)
+from tests.integration.query_api.conftest import (
+    Projection,
+    Sse,
+    Users,
+    new_id,
+    produce,
+    query_settings,
+    read_sse,
+    serve,
+    text_of,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+async def client(infra_settings: InfraSettings) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        serve(query_settings(infra_settings)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as c,
+    ):
+        yield c
+
+
+class Gen:
+    """One request's events, as command_api and an inference replica would produce them."""
+
+    def __init__(self, settings: InfraSettings, producer: AIOKafkaProducer, user: str = "alice"):
+        self.topics, self.producer, self.user = settings.topics, producer, user
+        self.cid, self.rid = new_id("c"), new_id("r")
+
+    async def submit(self) -> None:
+        await produce(
+            self.producer,
+            self.topics.conversations,
+            PromptSubmitted(
+                request_id=self.rid,
+                conversation_id=self.cid,
+                user_id=self.user,
+                model="m-1",
+                messages=(ChatMessage("user", "hi"),),
+                params=GenerationParams(max_tokens=16),
+            ),
+        )
+
+    async def start(self, attempt: int) -> None:
+        await produce(
+            self.producer,
+            self.topics.completions,
+            CompletionStarted(
+                request_id=self.rid,
+                conversation_id=self.cid,
+                attempt=attempt,
+                replica_id="r0",
+                model="m-1",
+            ),
+        )
+
+    async def chunks(self, attempt: int, seqs: range) -> None:
+        await produce(
+            self.producer,
+            self.topics.completions,
+            *[
+                TokenChunk(
+                    request_id=self.rid,
+                    conversation_id=self.cid,
+                    attempt=attempt,
+                    seq=s,
+                    text=word(attempt, s),
+                    token_count=1,
+                )
+                for s in seqs
+            ],
+        )
+
+    async def finish(self, attempt: int, n: int) -> None:
+        await produce(
+            self.producer,
+            self.topics.completions,
+            CompletionFinished(
+                request_id=self.rid,
+                conversation_id=self.cid,
+                attempt=attempt,
+                finish_reason="stop",
+                usage=Usage(4, n),
+                ttft_ms=9.5,
+            ),
+        )
+
+    @property
+    def url(self) -> str:
+        return f"/v1/chat/completions/{self.rid}/stream"
+
+
+def word(attempt: int, seq: int) -> str:
+    return f"a{attempt}w{seq} "
+
+
+def ids(events: list[Sse]) -> list[str | None]:
+    return [e.id if e.event != "reset" else "reset" for e in events]
+
+
+async def test_a_live_stream_delivers_every_chunk_then_done(
+    client: httpx.AsyncClient,
+    users: Users,
+    infra_settings: InfraSettings,
+    producer: AIOKafkaProducer,
+) -> None:
+    gen = Gen(infra_settings, producer)
+    await gen.submit()
+    reader = asyncio.create_task(read_sse(client, gen.url, users.headers("alice")))
+    await asyncio.sleep(0.3)
+    await gen.start(1)
+    await gen.chunks(1, range(6))
+    await gen.finish(1, 6)
+    events = await reader
+    assert ids(events) == [f"1:{s}" for s in range(6)] + ["1:done"]
+    assert text_of(events) == "".join(word(1, s) for s in range(6))
+    done = events[-1].data
+    assert done == {
+        "request_id": gen.rid,
+        "attempt": 1,
+        "finish_reason": "stop",
+        "usage": {"prompt_tokens": 4, "completion_tokens": 6},
+        "model": "m-1",
+        "ttft_ms": 9.5,
+    }
+
+
+async def assert_exact_resume(client: httpx.AsyncClient, users: Users, url: str, n: int) -> None:
+    full = await read_sse(client, url, users.headers("alice"))
+    assert ids(full) == [f"1:{s}" for s in range(n)] + ["1:done"]
+    for k, last in enumerate(ids(full)):
+        assert last is not None
+        by_header = await read_sse(client, url, users.headers("alice", **{"Last-Event-ID": last}))
+        assert ids(by_header) == ids(full)[k + 1 :], last
+        assert [e.data for e in by_header] == [e.data for e in full[k + 1 :]]
+        by_query = await read_sse(client, f"{url}?starting_after={last}", users.headers("alice"))
+        assert ids(by_query) == ids(full)[k + 1 :], last
+
+
+async def test_resume_from_every_event_id_of_a_request_finished_a_second_ago(
+    client: httpx.AsyncClient,
+    users: Users,
+    infra_settings: InfraSettings,
+    producer: AIOKafkaProducer,
+) -> None:
+    gen = Gen(infra_settings, producer)
+    await gen.submit()
+    await gen.start(1)
+    await gen.chunks(1, range(5))
+    await gen.finish(1, 5)
+    await asyncio.sleep(0.3)  # in the hub's memory, not in Postgres
+    await assert_exact_resume(client, users, gen.url, 5)
+
+
+async def test_resume_from_every_event_id_of_a_request_finished_last_week(
+    client: httpx.AsyncClient,
+    users: Users,
+    projection: Projection,
+) -> None:
+    cid, rid = new_id("c"), new_id("r")
+    projection.prompt("alice", cid, rid, "old")
+    projection.chunks(rid, 1, [word(1, s) for s in range(5)])
+    projection.finish(rid, 1)  # the hub never saw it: only Postgres has it
+    await assert_exact_resume(client, users, f"/v1/chat/completions/{rid}/stream", 5)
+
+
+async def test_a_stream_joined_mid_generation_gets_the_whole_text(
+    users: Users,
+    infra_settings: InfraSettings,
+    producer: AIOKafkaProducer,
+    projection: Projection,
+) -> None:
+    """The process starts mid-generation: its hub never sees chunks 0-4, and the
+    projection has written none of them (or only some), yet clients get the whole text."""
+    gens = [Gen(infra_settings, producer) for _ in range(3)]
+    for g, projected in zip(gens, (0, 2, 0), strict=True):
+        projection.prompt("alice", g.cid, g.rid, "hi")
+        await g.start(1)
+        await g.chunks(1, range(5))
+        if projected:
+            projection.chunks(g.rid, 1, [word(1, s) for s in range(projected)])
+    async with (
+        serve(query_settings(infra_settings)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as late,
+    ):
+        # gens[2]: subscribed before the hub has any of its events
+        early = asyncio.create_task(read_sse(late, gens[2].url, users.headers("alice")))
+        await asyncio.sleep(0.3)
+        for g in gens:
+            await g.chunks(1, range(5, 8))
+        await asyncio.sleep(0.3)
+        # gens[0], gens[1]: subscribed while live, after the hub joined mid-way
+        mid = [asyncio.create_task(read_sse(late, g.url, users.headers("alice"))) for g in gens[:2]]
+        await asyncio.sleep(0.3)
+        for g in gens:
+            await g.chunks(1, range(8, 10))
+            await g.finish(1, 10)
+        results = [*await asyncio.gather(*mid), await early]
+    whole = "".join(word(1, s) for s in range(10))
+    for events in results:
+        assert ids(events) == [f"1:{s}" for s in range(10)] + ["1:done"]
+        assert text_of(events) == whole
+
+
+async def test_two_attempts_never_mix(
+    client: httpx.AsyncClient,
+    users: Users,
+    infra_settings: InfraSettings,
+    producer: AIOKafkaProducer,
+) -> None:
+    gen = Gen(infra_settings, producer)
+    await gen.submit()
+    live = asyncio.create_task(read_sse(client, gen.url, users.headers("alice")))
+    await asyncio.sleep(0.3)
+    await gen.start(1)
+    await gen.chunks(1, range(3))
+    await asyncio.sleep(0.2)
+    await gen.start(2)  # the replica died; another one retries from scratch
+    await gen.chunks(1, range(3, 5))  # a straggler of the dead attempt
+    await gen.chunks(2, range(4))
+    await gen.finish(2, 4)
+    events = await live
+    assert ids(events) == ["1:0", "1:1", "1:2", "reset", "2:0", "2:1", "2:2", "2:3", "2:done"]
+    assert events[3].data == {"request_id": gen.rid, "attempt": 2}
+    assert text_of(events) == "".join(word(2, s) for s in range(4))
+    resumed = await read_sse(client, gen.url, users.headers("alice", **{"Last-Event-ID": "1:1"}))
+    assert ids(resumed) == ["reset", "2:0", "2:1", "2:2", "2:3", "2:done"]
+    fresh = await read_sse(client, gen.url, users.headers("alice"))
+    assert ids(fresh) == ["2:0", "2:1", "2:2", "2:3", "2:done"]
+
+
+async def test_only_the_owner_may_stream(
+    client: httpx.AsyncClient,
+    users: Users,
+    infra_settings: InfraSettings,
+    producer: AIOKafkaProducer,
+) -> None:
+    gen = Gen(infra_settings, producer)
+    await gen.submit()
+    await asyncio.sleep(0.2)
+    r = await client.get(gen.url, headers=users.headers("bob"))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = await client.get("/v1/chat/completions/nope/stream", headers=users.headers("alice"))
+    assert r.status_code == 404
+    r = await client.get(gen.url, headers=users.headers("alice", **{"Last-Event-ID": "x"}))
+    assert r.status_code == 400
+
+
+async def test_a_queued_request_gets_heartbeats(
+    client: httpx.AsyncClient,
+    users: Users,
+    infra_settings: InfraSettings,
+    producer: AIOKafkaProducer,
+) -> None:
+    gen = Gen(infra_settings, producer)
+    await gen.submit()
+    lines: list[str] = []
+
+    async def read() -> None:
+        async with client.stream("GET", gen.url, headers=users.headers("alice")) as r:
+            async for line in r.aiter_lines():
+                lines.append(line)
+                if line == ": ping":
+                    return
+
+    await asyncio.wait_for(read(), 5)
+    assert lines == [": ping"]
