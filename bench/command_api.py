@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,16 @@ async def accept(request: Request):
 @app.get("/healthz")
 async def healthz():
     return {"status": "ok"}
+"""
+
+# The command API under cProfile; SIGUSR1 writes the profile (uvicorn re-raises SIGTERM).
+PROFILED = """
+import cProfile, signal
+from command_api.__main__ import main
+profile = cProfile.Profile()
+signal.signal(signal.SIGUSR1, lambda *_: (profile.disable(), profile.dump_stats({path!r})))
+profile.enable()
+main()
 """
 
 
@@ -202,13 +213,16 @@ def main() -> None:
             "CHATLOG_RATE_LIMIT_PER_MIN": "1000000",
             "CHATLOG_MAX_CONCURRENT_GENERATIONS": "0",
         }
-        profile = ["-m", "cProfile", "-o", a.profile] if a.profile else []
-        proc = serve([sys.executable, *profile, "-m", "command_api"], cmd_env, a.port + 1)
+        args = ["-c", PROFILED.format(path=a.profile)] if a.profile else ["-m", "command_api"]
+        proc = serve([sys.executable, *args], cmd_env, a.port + 1)
         try:
             results["command API (202 after Kafka ack)"] = asyncio.run(
                 load(a.port + 1, keys, a.duration, a.warmup)
             )
         finally:
+            if a.profile:
+                proc.send_signal(signal.SIGUSR1)
+                time.sleep(2)
             stop(proc)
     bare_rate = results["bare FastAPI endpoint"]["accepted_per_s"]
     print(f"concurrency {a.concurrency}, {a.duration:g} s measured after {a.warmup:g} s warm-up")

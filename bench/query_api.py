@@ -116,10 +116,12 @@ def run_once(
     n: int,
     seconds: float,
     procs: int,
+    per_request: int = 1,
 ) -> dict[str, float]:
     topics = settings.topics
     producer = Producer(producer_config(settings))
-    rids = [f"b-{uuid.uuid4().hex[:12]}" for _ in range(n)]
+    requests = [f"b-{uuid.uuid4().hex[:12]}" for _ in range(max(1, n // per_request))]
+    rids = requests
     cids = {rid: f"c-{rid}" for rid in rids}
     for rid in rids:
         produce(
@@ -139,7 +141,8 @@ def run_once(
     rss_before = rss_kib(server_pid)
     ctx = mp.get_context("spawn")
     ready, results = ctx.Queue(), ctx.Queue()
-    shares = [rids[i::procs] for i in range(procs)]
+    streams = [requests[i % len(requests)] for i in range(n)]  # per_request clients each
+    shares = [streams[i::procs] for i in range(procs)]
     workers = [
         ctx.Process(target=client_process, args=(port, key, s, ready, results)) for s in shares
     ]
@@ -199,6 +202,7 @@ def run_once(
     expected = n * seq
     return {
         "clients": n,
+        "requests": len(requests),
         "chunks_expected": expected,
         "chunks_received": len(lags),
         "p50_ms": 1000 * statistics.median(lags),
@@ -230,6 +234,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument(
+        "--clients-per-request",
+        type=int,
+        default=1,
+        help="SSE clients watching each request (1: every client its own)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("CHATLOG_TEST_KEEP", "1")
     with provide_services() as services, isolated_settings(services, "bench_query_api") as s:
@@ -247,9 +257,13 @@ def main() -> None:
             "CHATLOG_QUERY_POOL_SIZE": "10",
             "CHATLOG_CLIENT_QUEUE_SIZE": "1024",
         }
-        profile = os.environ.get("BENCH_PROFILE")  # a path: run the server under cProfile
-        prefix = ["-m", "cProfile", "-o", profile] if profile else []
-        server = subprocess.Popen([sys.executable, *prefix, "-m", "query_api"], env=env)
+        server = subprocess.Popen([sys.executable, "-m", "query_api"], env=env)
+        if profile := os.environ.get("BENCH_PYSPY"):  # a path: sample the server with py-spy
+            subprocess.Popen(
+                ["py-spy", "record", "-o", profile, "-f", "raw", "-p", str(server.pid), "-d", "25"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -261,7 +275,16 @@ def main() -> None:
                         raise RuntimeError("query API did not become ready") from None
                     time.sleep(0.3)
             for n in args.clients:
-                result = run_once(s, port, server.pid, key, n, args.seconds, args.client_procs)
+                result = run_once(
+                    s,
+                    port,
+                    server.pid,
+                    key,
+                    n,
+                    args.seconds,
+                    args.client_procs,
+                    args.clients_per_request,
+                )
                 result |= server_lag(port)
                 print(
                     json.dumps(

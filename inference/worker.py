@@ -70,8 +70,8 @@ class ReplicaWorker:
             observer=observer,
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self._paused = False
-        self.assigned: set[int] = set()
+        self.assigned: set[int] = set()  # assigned AND scanned by the ledger: safe to process
+        self._rewind: dict[int, int] = {}  # records fetched before the ledger was ready
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -145,20 +145,28 @@ class ReplicaWorker:
             self._backpressure(room_limit)
             room = max(1, room_limit - self.scheduler.load)
             batch = await self._consumer.getmany(timeout_ms=100, max_records=room)
-            for records in batch.values():
+            for tp, records in batch.items():
+                if tp.partition not in self.assigned:
+                    # aiokafka may fetch between assignment and our listener: replay later
+                    if records and tp.partition not in self._rewind:
+                        self._rewind[tp.partition] = records[0].offset
+                    continue
                 for record in records:
                     self._handle(record)
 
     def _backpressure(self, limit: int) -> None:
+        """Fetch only partitions whose ledger is ready, and none while the queue is full."""
         assert self._consumer is not None
         full = self.scheduler.load >= limit
-        parts = list(self._consumer.assignment())
-        if full and not self._paused:
-            self._consumer.pause(*parts)
-            self._paused = True
-        elif not full and self._paused:
-            self._consumer.resume(*parts)
-            self._paused = False
+        owned = self._consumer.assignment()
+        want_paused = (
+            set(owned) if full else {tp for tp in owned if tp.partition not in self.assigned}
+        )
+        paused = self._consumer.paused()
+        if stop := want_paused - paused:
+            self._consumer.pause(*stop)
+        if go := (paused & set(owned)) - want_paused:
+            self._consumer.resume(*go)
 
     def _handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         p, off = record.partition, record.offset
@@ -232,10 +240,13 @@ class ReplicaWorker:
         self.scheduler.abandon(partitions)
         self.offsets.revoke(list(partitions))
         self.assigned -= partitions
+        for p in partitions:
+            self._rewind.pop(p, None)
 
     async def on_assigned(self, partitions: set[int]) -> None:
         assert self._consumer is not None and self._reader is not None
         topic = self._topics.conversations
+        self._consumer.pause(*[TopicPartition(topic, p) for p in partitions])
         committed = {
             p: await self._consumer.committed(TopicPartition(topic, p)) for p in partitions
         }
@@ -247,6 +258,9 @@ class ReplicaWorker:
             committed=committed,
             lookback_ms=int(self.settings.ledger_lookback_s * 1000),
         )
+        for p in partitions:
+            if (offset := self._rewind.pop(p, None)) is not None:
+                self._consumer.seek(TopicPartition(topic, p), offset)
         self.offsets.assign(list(partitions))
         self.assigned |= partitions
         log.info(

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from infra import cli_infra, cli_keys, cli_system
+from infra import cli_infra, cli_keys, cli_projections, cli_system
 
-GROUPS = [cli_infra, cli_keys, cli_system]
+GROUPS = [cli_infra, cli_keys, cli_system, cli_projections]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ from typing import Any
 
 from infra.local import LocalStack
 from infra.settings import InfraSettings
-from infra.system import COMMAND_PORT, COMPONENTS, QUERY_PORT, System, component
+from infra.system import COMPONENTS, System, component
 
 DEMO_USER = "demo"
 
@@ -38,19 +38,16 @@ def cmd_up(_: argparse.Namespace) -> int:
     stack.install()
     cmd_start(_)
     system = System(settings)
-    for c in COMPONENTS:
-        t0 = time.monotonic()
-        print(f"starting {c.name} …", flush=True)
-        system.start(c)
-        print(f"  {c.name} ready ({time.monotonic() - t0:.1f}s)", flush=True)
+    print("starting " + ", ".join(c.name for c in COMPONENTS) + " …", flush=True)
+    system.start_all()
     key = demo_key(settings)
     model = settings.model_ids[0]
-    base = f"http://127.0.0.1:{COMMAND_PORT}/v1"
+    base = f"{system.command_url}/v1"
     print(
         f"""
 chatlog is up ({time.monotonic() - started:.0f}s).
   command API (writes): {base}
-  query API (reads):    http://127.0.0.1:{QUERY_PORT}/v1
+  query API (reads):    {system.query_url}/v1
   API key for user '{DEMO_USER}': {key}
   logs: chatlog logs <component>   stop: chatlog down   health: chatlog status
 
@@ -90,10 +87,8 @@ def demo_key(settings: InfraSettings) -> str:
 
 def cmd_down(_: argparse.Namespace) -> int:
     settings = InfraSettings()
-    system = System(settings)
-    for c in reversed(COMPONENTS):
-        if system.stop(c):
-            print(f"stopped {c.name}")
+    for name in System(settings).stop_all():
+        print(f"stopped {name}")
     stopped = LocalStack(settings).stop()
     print("stopped " + (", ".join(stopped) or "no infrastructure (none was running)"))
     return 0
@@ -108,7 +103,7 @@ def cmd_status(_: argparse.Namespace) -> int:
     for c in COMPONENTS:
         state = "healthy" if system.healthy(c) else ("running" if system.running(c) else "stopped")
         ok = ok and state == "healthy"
-        print(f"{c.name:12} {state:8} {c.health_url or ''}")
+        print(f"{c.name:12} {state:8} {system.health_url(c) or ''}")
     if ok:
         for projection, lag in sorted(total_lag_by_projection(InfraSettings()).items()):
             print(f"projection {projection:20} lag {lag} events")

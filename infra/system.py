@@ -17,25 +17,25 @@ from pathlib import Path
 from infra.local.procs import ServiceError, read_pid, spawn, stop_pid, wait_until
 from infra.settings import InfraSettings
 
-COMMAND_PORT = int(os.environ.get("CHATLOG_COMMAND_PORT", "8000"))
-QUERY_PORT = int(os.environ.get("CHATLOG_QUERY_PORT", "8001"))
+DEFAULT_COMMAND_PORT = 8000
+DEFAULT_QUERY_PORT = 8001
 
 
 @dataclass(frozen=True)
 class Component:
-    """One service process: its module, and a URL that answers 200 once it is ready."""
+    """One service process: its module, and whether it serves HTTP (then /readyz decides)."""
 
     name: str
     module: str
-    health_url: str | None
+    port_env: str | None
     start_timeout_s: float
 
 
 COMPONENTS = (
     Component("processors", "processors", None, 60),
     Component("inference", "inference", None, 300),
-    Component("query_api", "query_api", f"http://127.0.0.1:{QUERY_PORT}/readyz", 90),
-    Component("command_api", "command_api", f"http://127.0.0.1:{COMMAND_PORT}/readyz", 90),
+    Component("query_api", "query_api", "CHATLOG_QUERY_PORT", 90),
+    Component("command_api", "command_api", "CHATLOG_COMMAND_PORT", 90),
 )
 
 
@@ -46,18 +46,67 @@ def component(name: str) -> Component:
     raise ServiceError(f"no component {name!r}; known: {', '.join(c.name for c in COMPONENTS)}")
 
 
-class System:
-    """Starts, stops and reports the four services of one data directory."""
+def settings_env(settings: InfraSettings) -> dict[str, str]:
+    """The environment that makes a child process see exactly `settings`."""
+    env = {
+        "CHATLOG_ENVIRONMENT": settings.environment,
+        "CHATLOG_HOME": str(Path(settings.home).absolute()),
+        "CHATLOG_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CHATLOG_TOPIC_PREFIX": settings.topic_prefix,
+        "CHATLOG_PARTITIONS": str(settings.partitions),
+        "CHATLOG_POSTGRES_URL": settings.postgres_url,
+        "CHATLOG_MEILI_URL": settings.meili_url or "",
+        "CHATLOG_MEILI_KEY": settings.meili_key,
+        "CHATLOG_INDEX_PREFIX": settings.index_prefix,
+        "CHATLOG_MODELS": settings.models,
+    }
+    return env
 
-    def __init__(self, settings: InfraSettings) -> None:
+
+class System:
+    """Starts, stops and reports the four services of one data directory.
+
+    `run_dir` holds pid and log files (default: the data directory's); `extra_env` lets a
+    test pick, e.g., the scripted engine. Children get the settings through the environment.
+    """
+
+    def __init__(
+        self,
+        settings: InfraSettings,
+        *,
+        command_port: int | None = None,
+        query_port: int | None = None,
+        run_dir: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.home = Path(settings.home).absolute()
+        self.run_dir = run_dir or self.home
+        self.command_port = command_port or int(
+            os.environ.get("CHATLOG_COMMAND_PORT", DEFAULT_COMMAND_PORT)
+        )
+        self.query_port = query_port or int(
+            os.environ.get("CHATLOG_QUERY_PORT", DEFAULT_QUERY_PORT)
+        )
+        self.extra_env = extra_env or {}
+
+    @property
+    def command_url(self) -> str:
+        return f"http://127.0.0.1:{self.command_port}"
+
+    @property
+    def query_url(self) -> str:
+        return f"http://127.0.0.1:{self.query_port}"
+
+    def health_url(self, c: Component) -> str | None:
+        port = {"CHATLOG_QUERY_PORT": self.query_port, "CHATLOG_COMMAND_PORT": self.command_port}
+        return f"http://127.0.0.1:{port[c.port_env]}/readyz" if c.port_env else None
 
     def pidfile(self, c: Component) -> Path:
-        return self.home / "run" / f"{c.name}.pid"
+        return self.run_dir / "run" / f"{c.name}.pid"
 
     def logfile(self, name: str) -> Path:
-        return self.home / "logs" / f"{name}.log"
+        return self.run_dir / "logs" / f"{name}.log"
 
     def running(self, c: Component) -> bool:
         return read_pid(self.pidfile(c)) is not None
@@ -65,30 +114,37 @@ class System:
     def healthy(self, c: Component) -> bool:
         if not self.running(c):
             return False
-        if c.health_url is None:
+        url = self.health_url(c)
+        if url is None:
             return True
         try:
-            with urllib.request.urlopen(c.health_url, timeout=2) as resp:
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 return bool(resp.status == 200)
         except Exception:
             return False
 
-    def start(self, c: Component) -> None:
+    def env(self) -> dict[str, str]:
+        return {
+            **settings_env(self.settings),
+            "CHATLOG_COMMAND_PORT": str(self.command_port),
+            "CHATLOG_QUERY_PORT": str(self.query_port),
+            "CHATLOG_QUERY_API_URL": self.query_url,
+            **self.extra_env,
+        }
+
+    def start(self, c: Component, *, wait: bool = True) -> None:
         if self.running(c):
             return
-        env = {
-            "CHATLOG_HOME": str(self.home),
-            "CHATLOG_COMMAND_PORT": str(COMMAND_PORT),
-            "CHATLOG_QUERY_PORT": str(QUERY_PORT),
-            "CHATLOG_QUERY_API_URL": f"http://127.0.0.1:{QUERY_PORT}",
-        }
         spawn(
             [sys.executable, "-m", c.module],
             log=self.logfile(c.name),
             pidfile=self.pidfile(c),
-            env=env,
+            env=self.env(),
         )
+        if wait:
+            self.wait_ready(c)
 
+    def wait_ready(self, c: Component) -> None:
         def ready() -> bool:
             if not self.running(c):
                 raise ServiceError(f"{c.name} exited; see {self.logfile(c.name)}")
@@ -102,8 +158,18 @@ class System:
             interval_s=0.5,
         )
 
+    def start_all(self) -> None:
+        """Start every component, the slow ones concurrently, then wait for each."""
+        for c in COMPONENTS:
+            self.start(c, wait=False)
+        for c in COMPONENTS:
+            self.wait_ready(c)
+
     def stop(self, c: Component) -> bool:
         return stop_pid(self.pidfile(c), timeout_s=30)
+
+    def stop_all(self) -> list[str]:
+        return [c.name for c in reversed(COMPONENTS) if self.stop(c)]
 
 
 def wait_http(url: str, timeout_s: float) -> None:

@@ -44,10 +44,16 @@ async def fence(
     projection: str,
     expected: Mapping[TP, int | None],
     schema: str = LIVE_SCHEMA,
+    *,
+    lock: bool = True,
 ) -> None:
-    """Inside a transaction: lock out switches, verify the checkpoints are `expected`."""
+    """Inside a transaction: lock out switches, verify the checkpoints are `expected`.
+
+    A rebuild's private copy passes `lock=False`: its switch holds the lock exclusively
+    while it folds the last events, and it is the only writer of its copy anyway.
+    """
     s = checked_schema(schema)
-    if projection in LOCK_KEYS:  # a rebuild's private checkpoints need no lock
+    if lock and projection in LOCK_KEYS:
         await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (LOCK_KEYS[projection],))
     tps = list(expected)
     cur = await conn.execute(

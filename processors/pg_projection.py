@@ -66,7 +66,7 @@ class PostgresProjection:
         )
         conversation_ids = sorted({e.key for e in events})
         async with conn.transaction():
-            await fence(conn, NAME, expected, self.schema)
+            await fence(conn, NAME, expected, self.schema, lock=self.schema == LIVE_SCHEMA)
             if events:
                 state = await load_state(conn, self.schema, request_ids, conversation_ids)
                 fold_batch(state, events)

@@ -37,6 +37,8 @@ from processors.settings import ProcessorSettings
 from schemas.resources import MESSAGES_INDEX, read_model_ddl
 
 log = logging.getLogger(__name__)
+AConn = psycopg.AsyncConnection[Any]
+TP = tuple[str, int]
 NEXT_SCHEMA = "chatlog_next"
 OLD_SCHEMA = "chatlog_old"
 
@@ -62,6 +64,13 @@ def print_progress(label: str) -> Any:
     return show
 
 
+async def _lock_live(conn: AConn, *projections: str) -> None:
+    """Take the live projections' advisory locks exclusively: no live batch runs after."""
+    await conn.execute("SET LOCAL lock_timeout = '60s'")
+    for name in projections:
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEYS[name],))
+
+
 async def rebuild_postgres(settings: ProcessorSettings, *, quiet: bool = False) -> int:
     """Rebuild the Postgres read model from the beginning of the log, then switch."""
     async with await psycopg.AsyncConnection.connect(settings.postgres_url, autocommit=True) as c:
@@ -69,45 +78,51 @@ async def rebuild_postgres(settings: ProcessorSettings, *, quiet: bool = False) 
         for sql in schema_ddl(NEXT_SCHEMA):
             await c.execute(sql)  # type: ignore[arg-type]  # our own DDL files
     projection = PostgresProjection(settings, schema=NEXT_SCHEMA)
+    switch = await psycopg.AsyncConnection.connect(settings.postgres_url)  # one transaction
+
+    async def near_end() -> dict[TP, int]:
+        # From here until the commit the live projector waits; the rebuild folds on to
+        # (at least) where the live one stopped, so readers never go back in time.
+        await _lock_live(switch, "postgres", "search")
+        return await read_checkpoints(switch, "postgres")
+
     runner = Runner(
         settings,
         projection,
         group=None,
         stop_at_lag=settings.swap_max_lag,
         on_progress=None if quiet else print_progress("postgres rebuild"),
+        on_near_end=near_end,
     )
     try:
         await runner.run()
+        await switch.execute(
+            f"INSERT INTO {NEXT_SCHEMA}.projection_checkpoints"
+            f" SELECT * FROM {LIVE_SCHEMA}.projection_checkpoints"
+            f" WHERE projection <> 'postgres' ON CONFLICT DO NOTHING"
+        )
+        await switch.execute(f"DROP SCHEMA IF EXISTS {OLD_SCHEMA} CASCADE")
+        await switch.execute(f"ALTER SCHEMA {LIVE_SCHEMA} RENAME TO {OLD_SCHEMA}")
+        await switch.execute(f"ALTER SCHEMA {NEXT_SCHEMA} RENAME TO {LIVE_SCHEMA}")
+        await switch.commit()
     finally:
         await projection.close()
-    await switch_postgres(settings)
+        await switch.close()
+    await drop_old_schema(settings)
     return runner.folded
 
 
-async def switch_postgres(settings: ProcessorSettings) -> None:
-    """The atomic switch (see module docstring), then drop the old schema."""
-    async with await psycopg.AsyncConnection.connect(settings.postgres_url) as conn:
-        async with conn.transaction():
-            await conn.execute("SET LOCAL lock_timeout = '30s'")
-            for key in (LOCK_KEYS["postgres"], LOCK_KEYS["search"]):
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
-            await conn.execute(
-                f"INSERT INTO {NEXT_SCHEMA}.projection_checkpoints"
-                f" SELECT * FROM {LIVE_SCHEMA}.projection_checkpoints"
-                f" WHERE projection <> 'postgres' ON CONFLICT DO NOTHING"
-            )
-            await conn.execute(f"DROP SCHEMA IF EXISTS {OLD_SCHEMA} CASCADE")
-            await conn.execute(f"ALTER SCHEMA {LIVE_SCHEMA} RENAME TO {OLD_SCHEMA}")
-            await conn.execute(f"ALTER SCHEMA {NEXT_SCHEMA} RENAME TO {LIVE_SCHEMA}")
-        await conn.set_autocommit(True)
-        for _ in range(60):  # readers still on the old tables hold locks: wait for them
+async def drop_old_schema(settings: ProcessorSettings) -> None:
+    """Drop the switched-out schema once readers still on its tables let go."""
+    async with await psycopg.AsyncConnection.connect(settings.postgres_url, autocommit=True) as c:
+        await c.execute("SET lock_timeout = '1s'")
+        for _ in range(120):
             try:
-                await conn.execute("SET lock_timeout = '1s'")
-                await conn.execute(f"DROP SCHEMA IF EXISTS {OLD_SCHEMA} CASCADE")
+                await c.execute(f"DROP SCHEMA IF EXISTS {OLD_SCHEMA} CASCADE")
                 return
             except psycopg.errors.LockNotAvailable:
                 await asyncio.sleep(0.5)
-        log.warning("old schema %s still in use; drop it later", OLD_SCHEMA)
+    log.warning("old schema %s still in use; it is dropped by the next rebuild", OLD_SCHEMA)
 
 
 async def rebuild_search(settings: ProcessorSettings, *, quiet: bool = False) -> int:
@@ -123,28 +138,35 @@ async def rebuild_search(settings: ProcessorSettings, *, quiet: bool = False) ->
     await conn.execute(
         f"DELETE FROM {LIVE_SCHEMA}.projection_checkpoints WHERE projection = 'search_next'"
     )
+    switch = await psycopg.AsyncConnection.connect(settings.postgres_url)
+
+    async def near_end() -> dict[TP, int]:
+        await _lock_live(switch, "search")
+        return await read_checkpoints(switch, "search")
+
     runner = Runner(
         settings,
         projection,
         group=None,
         stop_at_lag=settings.swap_max_lag,
         on_progress=None if quiet else print_progress("search rebuild"),
+        on_near_end=near_end,
     )
     try:
         await runner.run()
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEYS["search"],))
-            task = await asyncio.to_thread(client.swap_indexes, [{"indexes": [live, nxt]}])
-            await projection.succeeded(task.task_uid)
-            await conn.execute(
-                f"DELETE FROM {LIVE_SCHEMA}.projection_checkpoints WHERE projection = 'search'"
-            )
-            await conn.execute(
-                f"UPDATE {LIVE_SCHEMA}.projection_checkpoints SET projection = 'search'"
-                f" WHERE projection = 'search_next'"
-            )
+        task = await asyncio.to_thread(client.swap_indexes, [{"indexes": [live, nxt]}])
+        await projection.succeeded(task.task_uid)
+        await switch.execute(
+            f"DELETE FROM {LIVE_SCHEMA}.projection_checkpoints WHERE projection = 'search'"
+        )
+        await switch.execute(
+            f"UPDATE {LIVE_SCHEMA}.projection_checkpoints SET projection = 'search'"
+            f" WHERE projection = 'search_next'"
+        )
+        await switch.commit()
     finally:
         await projection.close()
+        await switch.close()
     await asyncio.to_thread(_drop_index, client, nxt)  # the old one, after the swap
     return runner.folded
 

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,7 +66,8 @@ class Runner:
     """Runs one projection over chat.conversations and chat.completions.
 
     With `group` it joins that consumer group (live); without, it assigns every partition
-    itself (a rebuild) and, with `stop_at_lag`, returns once that close to the log end.
+    itself (a rebuild) and, with `stop_at_lag`, returns once that close to the log end, or,
+    with `on_near_end`, then asks it for target positions and returns once past those.
     """
 
     def __init__(
@@ -77,12 +78,15 @@ class Runner:
         group: str | None,
         stop_at_lag: int | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        on_near_end: Callable[[], Awaitable[dict[TP, int]]] | None = None,
     ) -> None:
         self.settings = settings
         self.projection = projection
         self.group = group
         self.stop_at_lag = stop_at_lag
         self.on_progress = on_progress
+        self.on_near_end = on_near_end
+        self.targets: dict[TP, int] | None = None
         self.topics = [settings.topics.conversations, settings.topics.completions]
         self.base: dict[TP, int | None] = {}
         self.folded = 0
@@ -90,6 +94,8 @@ class Runner:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: Any = None
         self._rate_mark = (time.monotonic(), 0)
+        # A rebalance's seek and a batch never interleave (both await Postgres).
+        self._exclusive = asyncio.Lock()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -134,13 +140,25 @@ class Runner:
             assigned = consumer.assignment()
             records = [r for tp, rs in fetched.items() if tp in assigned for r in rs]
             if records:
-                await self._process(records)
+                async with self._exclusive:
+                    await self._process(records)
             lag = await self._observe(consumer, idle=not records)
-            if self.stop_at_lag is not None and lag is not None and lag <= self.stop_at_lag:
-                return
+            if self.targets is not None:
+                if all((self.base.get(tp) or 0) >= o for tp, o in self.targets.items()):
+                    return
+            elif self.stop_at_lag is not None and lag is not None and lag <= self.stop_at_lag:
+                if self.on_near_end is None:
+                    return
+                # The caller locks the live projection and names the positions to reach.
+                self.targets = await self.on_near_end()
 
     async def seek(self, tps: list[TopicPartition]) -> None:
         """Position these partitions at the stored checkpoints (the beginning when none)."""
+        assert self._consumer is not None
+        async with self._exclusive:
+            await self._seek(tps)
+
+    async def _seek(self, tps: list[TopicPartition]) -> None:
         assert self._consumer is not None
         stored = await self._retry_transient(self.projection.stored_positions)
         for tp in tps:
@@ -153,6 +171,13 @@ class Runner:
 
     async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         items = [(r, await self._decode(r)) for r in records]
+        try:
+            await self._apply_batch(items)
+        except Fenced as exc:  # not ours any more (a switch, a rebalance): re-seek
+            log.warning("%s", exc)
+            await self._seek(list(self._consumer.assignment()) if self._consumer else [])
+
+    async def _apply_batch(self, items: list[Item]) -> None:
         positions: dict[TP, int] = {}
         for r, _ in items:
             positions[(r.topic, r.partition)] = r.offset + 1
@@ -163,10 +188,8 @@ class Runner:
             try:
                 await self.projection.apply(events, positions, expected)
                 break
-            except Fenced as exc:
-                log.warning("%s", exc)
-                await self.seek(list(self._consumer.assignment()) if self._consumer else [])
-                return
+            except Fenced:
+                raise
             except Exception as exc:
                 if is_transient(exc):
                     await self._pause(exc)

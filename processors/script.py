@@ -5,12 +5,15 @@ Deterministic (ids and times derive from a seed), so a test can state the exact 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from schemas.events import (
     ChatMessage,
     CompletionFinished,
     CompletionStarted,
+    ConversationDeleted,
+    ConversationRenamed,
     Event,
     GenerationParams,
     PromptSubmitted,
@@ -94,3 +97,59 @@ def exchange(
             )
         )
     return events
+
+
+WORDS = [
+    "the",
+    "log",
+    "is",
+    "the",
+    "truth",
+    "and",
+    "every",
+    "table",
+    "is",
+    "a",
+    "cache",
+    "of",
+    "it",
+    "rebuilt",
+    "at",
+    "will",
+]
+
+
+def workload(
+    conversations: int,
+    *,
+    requests_per_conversation: int = 2,
+    chunks_per_request: int = 30,
+    seed: int = 0,
+) -> Iterator[Event]:
+    """A realistic mix, mostly TokenChunk: every 7th request retried as attempt 2, every
+    10th conversation renamed, every 25th deleted (and a late chunk after the delete)."""
+    clock = Clock()
+    n = 0
+    for c in range(conversations):
+        cid = f"conv-{seed}-{c}"
+        for r in range(requests_per_conversation):
+            n += 1
+            rid = f"req-{seed}-{c}-{r}"
+            answer = [f"{WORDS[(c + r + i) % len(WORDS)]} " for i in range(chunks_per_request)]
+            if n % 7 == 0:
+                yield from exchange(clock, conversation_id=cid, request_id=rid, user_id=f"u{c % 50}",
+                                    prompt=f"question {c}.{r}", answer=answer[:3], finish=False)  # fmt: skip
+                yield from exchange(clock, conversation_id=cid, request_id=rid, user_id="",
+                                    prompt="", answer=answer, attempt=2, with_prompt=False)  # fmt: skip
+            else:
+                yield from exchange(clock, conversation_id=cid, request_id=rid, user_id=f"u{c % 50}",
+                                    prompt=f"question {c}.{r}", answer=answer)  # fmt: skip
+        if c % 10 == 0:
+            yield ConversationRenamed(conversation_id=cid, user_id=f"u{c % 50}",
+                                      title=f"title {c}", occurred_at=clock())  # fmt: skip
+        if c % 25 == 0:
+            yield ConversationDeleted(
+                conversation_id=cid, user_id=f"u{c % 50}", occurred_at=clock()
+            )
+            yield TokenChunk(request_id=f"req-{seed}-{c}-0", conversation_id=cid, attempt=1,
+                             seq=10_000, text="late", token_count=1, occurred_at=clock())  # fmt: skip

@@ -156,7 +156,7 @@ async def test_poison_goes_to_the_dlq_and_later_events_are_projected(settings, p
         ("after the poison",)
     ]
     dead = _dlq(settings, 2)
-    assert [h["dlq-error-type"] for h in dead] == [b"CorruptEvent", b"UntranslatableCharacter"]
+    assert [h["dlq-error-type"] for h in dead] == [b"CorruptEvent", b"DataError"]
     assert {h["dlq-source-topic"] for h in dead} == {settings.topics.conversations.encode()}
 
 

@@ -42,7 +42,11 @@ class ListSink:
 async def running(engine, max_batch=8):
     sink, done = ListSink(), []
     sched = Scheduler(
-        engine, sink, WorkerMetrics("scripted", "r"), replica_id="r", max_batch=max_batch,
+        engine,
+        sink,
+        WorkerMetrics("scripted", "r"),
+        replica_id="r",
+        max_batch=max_batch,
         on_done=done.append,
     )
     tasks = [asyncio.create_task(sched.run()), asyncio.create_task(sched.run_flusher())]
@@ -56,13 +60,21 @@ async def running(engine, max_batch=8):
 
 def request(engine, rid, text, max_tokens=100, stop=(), offset=0):
     prompt = PromptSubmitted(
-        request_id=rid, conversation_id="c-" + rid, user_id="u", model="scripted",
-        messages=(ChatMessage("user", text),), params=GenerationParams(max_tokens, stop=stop),
+        request_id=rid,
+        conversation_id="c-" + rid,
+        user_id="u",
+        model="scripted",
+        messages=(ChatMessage("user", text),),
+        params=GenerationParams(max_tokens, stop=stop),
     )
     return Request(
-        prompt=prompt, attempt=1, partition=0, offset=offset,
+        prompt=prompt,
+        attempt=1,
+        partition=0,
+        offset=offset,
         prepared=engine.prepare(prompt.messages, prompt.params),
-        detok=IncrementalDetokenizer(engine.decode), stops=StopMatcher(stop),
+        detok=IncrementalDetokenizer(engine.decode),
+        stops=StopMatcher(stop),
         chunker=Chunker(0.002, 4),
     )
 
