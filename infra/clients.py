@@ -6,6 +6,7 @@ Kafka 4 clients default to 5 ms, which would sit inside every time-to-first-toke
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import meilisearch
@@ -58,6 +59,12 @@ def ensure_topics(settings: InfraSettings, timeout_s: float = 30.0) -> list[str]
             except Exception as exc:  # a concurrent creator won the race: fine
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise RuntimeError(f"could not create topic {topic}: {exc}") from exc
+        # Creation is acknowledged before every broker's metadata shows the topic.
+        deadline = time.monotonic() + timeout_s
+        while not set(wanted) <= set(admin.list_topics(timeout=timeout_s).topics):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topics {wanted} not visible after {timeout_s}s")
+            time.sleep(0.1)
     return wanted
 
 

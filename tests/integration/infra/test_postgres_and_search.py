@@ -64,6 +64,9 @@ def test_meilisearch_takes_the_settings_and_tolerates_typos(infra_settings: Infr
             },
         ]
     )
-    assert meili_client(infra_settings).wait_for_task(task.task_uid).status == "succeeded"
+    assert (
+        meili_client(infra_settings).wait_for_task(task.task_uid, timeout_in_ms=60_000).status
+        == "succeeded"
+    )
     result = index.search("kafak strem", {"filter": "user_id = 'alice'"})
     assert [h["id"] for h in result["hits"]] == ["m1"]
