@@ -5,9 +5,9 @@ answers 202, and (2) the real command API (`python -m command_api`, one uvicorn 
 on the shared test stack (Kafka 29092, Postgres 25432 unless CHATLOG_BENCH_* say
 otherwise), each under the same closed-loop load: CONCURRENCY keep-alive connections, each
 sending the next prompt when the previous answer arrived, for DURATION seconds after a
-warm-up. 64 users (one per connection) so the per-user lock is not the bottleneck; a
-per-user rate limit high enough not to refuse, still counted for every prompt; the
-concurrency cap is off (nothing completes: no inference runs in this benchmark).
+warm-up. Default limits (60 prompts/min, 8 running generations per user: nothing
+completes, no inference runs here), so prompts cycle over many users (8,192) to stay
+under them: every prompt still pays for both checks.
 
     .venv/bin/python bench/command_api.py --duration 25 --concurrency 64
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -24,11 +25,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
-from infra.auth import create_key
+from infra.auth import apply_auth_ddl, create_key
 from infra.clients import pg_connect
 from infra.harness import Services, isolated_settings
 from infra.settings import LOCAL_MEILI_KEY
@@ -50,9 +52,9 @@ async def healthz():
 
 # The command API under cProfile; SIGUSR1 writes the profile (uvicorn re-raises SIGTERM).
 PROFILED = """
-import cProfile, signal
+import cProfile, signal, time
 from command_api.__main__ import main
-profile = cProfile.Profile()
+profile = cProfile.Profile(time.process_time)
 signal.signal(signal.SIGUSR1, lambda *_: (profile.disable(), profile.dump_stats({path!r})))
 profile.enable()
 main()
@@ -61,7 +63,7 @@ main()
 
 async def one_connection(
     port: int,
-    key: str,
+    keys: Iterator[str],
     stop_at: float,
     record_from: float,
     latencies: list[float],
@@ -72,6 +74,7 @@ async def one_connection(
     try:
         while time.perf_counter() < stop_at:
             n += 1
+            key = next(keys)
             body = json.dumps(
                 {
                     "model": "SmolLM2-135M-Instruct",
@@ -102,13 +105,19 @@ async def one_connection(
         writer.close()
 
 
-async def load(port: int, keys: list[str], duration: float, warmup: float) -> dict[str, float]:
+async def load(
+    port: int, keys: list[str], concurrency: int, duration: float, warmup: float
+) -> dict[str, float]:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     start = time.perf_counter()
     record_from, stop_at = start + warmup, start + warmup + duration
+    users = itertools.cycle(keys)  # shared: each prompt goes to the next user
     await asyncio.gather(
-        *(one_connection(port, k, stop_at, record_from, latencies, statuses) for k in keys)
+        *(
+            one_connection(port, users, stop_at, record_from, latencies, statuses)
+            for _ in range(concurrency)
+        )
     )
     latencies.sort()
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
@@ -155,9 +164,11 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--duration", type=float, default=25.0)
-    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--duration", type=float, default=24.0, help="measured seconds per target")
+    p.add_argument("--rounds", type=int, default=4, help="alternations (both targets each)")
+    p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--users", type=int, default=8192, help="prompts cycle over this many users")
     p.add_argument("--port", type=int, default=18500)
     p.add_argument("--profile", help="write a cProfile of the command API process here")
     a = p.parse_args()
@@ -172,67 +183,86 @@ def main() -> None:
         source="local",
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    results: dict[str, dict[str, float]] = {}
     bare = ROOT / ".chatlog" / "bench_bare_app.py"
     bare.write_text(BARE_APP)
-    proc = serve(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--app-dir",
-            str(bare.parent),
-            "bench_bare_app:app",
-            "--port",
-            str(a.port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        env,
-        a.port,
-    )
-    try:
-        results["bare FastAPI endpoint"] = asyncio.run(
-            load(a.port, ["x"] * a.concurrency, a.duration, a.warmup)
-        )
-    finally:
-        stop(proc)
+    procs: list[subprocess.Popen[bytes]] = []
     with isolated_settings(services, f"bench_command_{uuid.uuid4().hex[:4]}") as infra:
         with pg_connect(infra) as conn:
-            from infra.auth import apply_auth_ddl
-
             apply_auth_ddl(conn)
-            keys = [create_key(conn, f"bench-{i}") for i in range(a.concurrency)]
+            keys = [create_key(conn, f"bench-{i}") for i in range(a.users)]
         cmd_env = {
             **env,
             "CHATLOG_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
             "CHATLOG_TOPIC_PREFIX": infra.topic_prefix,
             "CHATLOG_POSTGRES_URL": infra.postgres_url,
             "CHATLOG_COMMAND_PORT": str(a.port + 1),
-            "CHATLOG_RATE_LIMIT_PER_MIN": "1000000",
-            "CHATLOG_MAX_CONCURRENT_GENERATIONS": "0",
         }
-        args = ["-c", PROFILED.format(path=a.profile)] if a.profile else ["-m", "command_api"]
-        proc = serve([sys.executable, *args], cmd_env, a.port + 1)
         try:
-            results["command API (202 after Kafka ack)"] = asyncio.run(
-                load(a.port + 1, keys, a.duration, a.warmup)
+            procs.append(
+                serve(
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "--app-dir",
+                        str(bare.parent),
+                        "bench_bare_app:app",
+                        "--port",
+                        str(a.port),
+                        "--log-level",
+                        "warning",
+                        "--no-access-log",
+                    ],
+                    env,
+                    a.port,
+                )
             )
+            args = ["-c", PROFILED.format(path=a.profile)] if a.profile else ["-m", "command_api"]
+            procs.append(serve([sys.executable, *args], cmd_env, a.port + 1))
+            rounds = asyncio.run(run_rounds(a, keys))
         finally:
             if a.profile:
-                proc.send_signal(signal.SIGUSR1)
+                procs[-1].send_signal(signal.SIGUSR1)
                 time.sleep(2)
-            stop(proc)
-    bare_rate = results["bare FastAPI endpoint"]["accepted_per_s"]
-    print(f"concurrency {a.concurrency}, {a.duration:g} s measured after {a.warmup:g} s warm-up")
-    print("| target | accepted/s | p50 ms | p99 ms | statuses | vs bare |")
+            for proc in procs:
+                stop(proc)
+    report(a, rounds)
+
+
+async def run_rounds(a: argparse.Namespace, keys: list[str]) -> list[dict[str, dict[str, float]]]:
+    """Alternate the two targets in short slices, so both see the same machine load."""
+    slice_s = a.duration / a.rounds
+    rounds = []
+    for _ in range(a.rounds):
+        bare = await load(a.port, ["x"], a.concurrency, slice_s, a.warmup)
+        command = await load(a.port + 1, keys, a.concurrency, slice_s, a.warmup)
+        rounds.append({"bare": bare, "command": command})
+    return rounds
+
+
+def report(a: argparse.Namespace, rounds: list[dict[str, dict[str, float]]]) -> None:
+    print(
+        f"concurrency {a.concurrency}; {a.rounds} alternating rounds of "
+        f"{a.duration / a.rounds:g} s per target (+{a.warmup:g} s warm-up each)"
+    )
+    print(
+        "| round | bare req/s | bare p50/p99 ms | command accepted/s | command p50/p99 ms | ratio |"
+    )
     print("|---|---|---|---|---|---|")
-    for name, r in results.items():
+    ratios = []
+    for i, r in enumerate(rounds, 1):
+        b, c = r["bare"], r["command"]
+        ratios.append(c["accepted_per_s"] / b["accepted_per_s"])
         print(
-            f"| {name} | {r['accepted_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
-            f"| {r['statuses']} | {r['accepted_per_s'] / bare_rate:.0%} |"
+            f"| {i} | {b['accepted_per_s']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} "
+            f"| {c['accepted_per_s']:.0f} | {c['p50_ms']:.1f} / {c['p99_ms']:.1f} "
+            f"| {ratios[-1]:.0%} |"
         )
+    statuses: dict[int, int] = {}
+    for r in rounds:
+        for code, n in r["command"]["statuses"].items():  # type: ignore[attr-defined]
+            statuses[code] = statuses.get(code, 0) + n
+    print(f"median ratio {statistics.median(ratios):.0%}; command API statuses {statuses}")
 
 
 if __name__ == "__main__":

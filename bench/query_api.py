@@ -24,6 +24,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Producer
 
@@ -35,6 +36,7 @@ from schemas import encode
 from schemas.events import (
     ChatMessage,
     CompletionFinished,
+    Event,
     GenerationParams,
     PromptSubmitted,
     TokenChunk,
@@ -80,7 +82,7 @@ async def _client(port: int, key: str, rid: str, lags: list[float], opened: list
     writer.close()
 
 
-def client_process(port: int, key: str, rids: list[str], ready, results) -> None:
+def client_process(port: int, key: str, rids: list[str], ready: Any, results: Any) -> None:
     async def main() -> None:
         lags: list[float] = []
         opened = [0]
@@ -98,7 +100,7 @@ def client_process(port: int, key: str, rids: list[str], ready, results) -> None
     asyncio.run(main())
 
 
-def produce(producer: Producer, topic: str, event) -> None:
+def produce(producer: Producer, topic: str, event: Event) -> None:
     value, headers = encode(event)
     while True:
         try:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
@@ -32,9 +33,31 @@ class Context:
     streams: StreamSource
     resolver: KeyResolver
     metrics: Metrics
+    auth_cache: AuthCache = field(default_factory=lambda: AuthCache())
 
 
-def get_context(request: Request) -> Context:
+class AuthCache:
+    """Key -> user for a few seconds in front of KeyResolver (which needs a connection
+    even for its own cache hits). Revocation takes effect within `ttl_s`, as there."""
+
+    def __init__(self, ttl_s: float = 10.0, max_entries: int = 10_000) -> None:
+        self._ttl_s, self._max = ttl_s, max_entries
+        self._entries: dict[str, tuple[str, float]] = {}
+
+    def get(self, key: str) -> str | None:
+        hit = self._entries.get(key)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, key: str, user: str) -> None:
+        if len(self._entries) >= self._max:
+            self._entries.clear()  # crude but bounded; misses only cost one query
+        self._entries[key] = (user, time.monotonic() + self._ttl_s)
+
+
+async def get_context(request: Request) -> Context:
+    """Async on purpose: FastAPI runs a sync dependency in a worker thread."""
     ctx: Context = request.app.state.ctx
     return ctx
 
@@ -45,10 +68,14 @@ Ctx = Annotated[Context, Depends(get_context)]
 async def current_user(ctx: Ctx, authorization: Annotated[str | None, Header()] = None) -> str:
     """The caller's user id from `Authorization: Bearer <key>`, else 401."""
     key = bearer_key(authorization)
+    user = ctx.auth_cache.get(key)
+    if user is not None:
+        return user  # no pool checkout on the hot path
     async with ctx.pool.connection() as conn:
         user = await ctx.resolver.user_for(conn, key)
     if user is None:
         raise Unauthorized("Invalid API key.")
+    ctx.auth_cache.put(key, user)
     return user
 
 

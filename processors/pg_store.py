@@ -219,12 +219,13 @@ async def _write_chunks(conn: AConn, s: str, rows: list[RequestRow]) -> None:
         )
     chunks = [(r.request_id, *c) for r in rows for c in r.new_chunks]
     if chunks:
-        await conn.execute(
-            f"INSERT INTO {s}.chunks (request_id, attempt, seq, text, token_count)"
-            f" SELECT * FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[], %s::int[])"
-            f" ON CONFLICT DO NOTHING",
-            [list(col) for col in zip(*chunks, strict=True)],
-        )
+        # COPY, the bulk of a batch: never a conflict, since the fold only emits seq >
+        # last_seq of the winning attempt, and (request, attempt) holds exactly 0..last_seq.
+        async with conn.cursor().copy(
+            f"COPY {s}.chunks (request_id, attempt, seq, text, token_count) FROM STDIN"
+        ) as copy:
+            for row in chunks:
+                await copy.write_row(row)
     held = [r for r in rows if r.held_dirty]
     if held:
         await conn.execute(

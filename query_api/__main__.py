@@ -18,6 +18,7 @@ def main() -> None:
         host=settings.query_host,
         port=settings.query_port,
         log_level="warning",
+        timeout_graceful_shutdown=5,  # open SSE streams would otherwise hold shutdown
         access_log=False,
     )
 

@@ -152,7 +152,12 @@ class Hub:
         completions = self._settings.topics.completions
         last_sweep = time.monotonic()
         while True:
-            batches = await self._consumer.getmany(timeout_ms=200, max_records=2000)
+            try:
+                batches = await self._consumer.getmany(timeout_ms=200, max_records=2000)
+            except Exception:  # aiokafka retries connections itself; never let the hub die
+                log.exception("hub fetch failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
             for tp, records in batches.items():
                 if records:
                     self._positions[tp] = records[-1].offset + 1

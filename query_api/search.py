@@ -133,8 +133,8 @@ class PostgresSearch:
 
     async def search(self, user_id: str, query: str, limit: int, offset: int) -> list[SearchHit]:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                await cur.execute(PG_SEARCH, {"q": query, "user": user_id, "n": limit, "o": offset})
-                rows = await cur.fetchall()
+            await cur.execute(PG_SEARCH, {"q": query, "user": user_id, "n": limit, "o": offset})
+            rows = await cur.fetchall()
         return [
             SearchHit(
                 r["id"],

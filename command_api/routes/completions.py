@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from command_api.deps import Context, Ctx, CurrentUser
+from command_api.deps import Context, Ctx, CurrentUser, current_user, get_context
 from command_api.errors import GatewayTimeout
 from command_api.openai_format import ChunkStream, collect
 from command_api.prompts import Accepted
@@ -41,16 +41,16 @@ def wants_async(prefer: str | None) -> bool:
 
 
 @router.post("")
-async def create_chat_completion(
-    request: Request,
-    ctx: Ctx,
-    user: CurrentUser,
-    authorization: Str = None,
-    idempotency_key: Str = None,
-    prefer: Str = None,
-    traceparent: Str = None,
-) -> Response:
+async def create_chat_completion(request: Request) -> Response:
     """Accept a prompt: 202 (async), the OpenAI SSE stream, or the finished chat.completion."""
+    # The hot path resolves context, user and headers by hand: FastAPI's per-request
+    # dependency solving (and its deep copies of defaults) was a visible share of its CPU.
+    ctx = await get_context(request)
+    authorization = request.headers.get("authorization")
+    user = await current_user(ctx, authorization)
+    idempotency_key = request.headers.get("idempotency-key")
+    prefer = request.headers.get("prefer")
+    traceparent = request.headers.get("traceparent")
     raw = await read_body(request, ctx.settings.max_body_bytes)
     prompt = parse_body(raw, ctx.settings)
     accepted = await ctx.prompts.submit(

@@ -99,7 +99,7 @@ async def test_restart_regenerates_unfinished_with_next_attempt_and_skips_finish
     assert [s.attempt for s in started] == [1, 2]
     finals = completions.finals(long.request_id)
     assert len(finals) == 1 and finals[0].attempt == 2
-    assert [c.seq for c in chunks(completions.events(long.request_id)) if c.attempt == 2][0] == 0
+    assert next(c.seq for c in chunks(completions.events(long.request_id)) if c.attempt == 2) == 0
     # `short` was finished by w1: redelivered to w2 (same partition, lower offset) but not rerun
     assert (
         len([e for e in completions.events(short.request_id) if isinstance(e, CompletionStarted)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable
 
@@ -13,10 +14,10 @@ from processors.pg_projection import PostgresProjection
 from processors.runner import Runner
 from processors.search_projection import SearchProjection
 from processors.settings import ProcessorSettings
-from schemas.codec import encode
+from schemas.codec import Headers, encode
 from schemas.events import ConversationEvent, Event
 
-RawRecord = tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
+RawRecord = tuple[str, bytes, bytes | None, Headers]  # topic, key, value, headers
 
 
 def processor_settings(infra: InfraSettings, **overrides: object) -> ProcessorSettings:
@@ -34,8 +35,8 @@ def publish(settings: InfraSettings, items: Iterable[Event | RawRecord]) -> None
     producer = Producer(producer_config(settings))
     for item in items:
         if isinstance(item, tuple):
-            topic, key, value, headers = item
-            producer.produce(topic, value=value, key=key, headers=headers)
+            topic, key, raw, raw_headers = item
+            producer.produce(topic, value=raw, key=key, headers=raw_headers)
         else:
             value, headers = encode(item)
             producer.produce(topic_of(settings, item), value=value, key=item.key.encode(),
@@ -75,3 +76,46 @@ def subprocess_env(settings: InfraSettings, **extra: str) -> dict[str, str]:
         **extra,
     )
     return env
+
+
+class TcpProxy:
+    """A TCP forwarder that a test can take down and bring back: a dependency outage."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def down(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for w in list(self._writers):
+                w.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}

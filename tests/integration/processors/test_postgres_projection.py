@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from confluent_kafka import Consumer
 
 from infra.clients import pg_connect
 from infra.settings import InfraSettings
+from processors import metrics
+from processors.pg_projection import PostgresProjection
 from processors.readout import postgres_digest, search_documents, status_rows
-from processors.rebuild import rewind
+from processors.rebuild import rebuild_postgres, rebuild_search, rewind
+from processors.runner import Runner
 from processors.script import EPOCH, Clock, exchange
+from processors.search_projection import SearchProjection
 from schemas.codec import encode
 from schemas.events import (
     CancelRequested,
@@ -26,7 +33,12 @@ from schemas.events import (
     TokenChunk,
     Usage,
 )
-from tests.integration.processors.support import fold_to_end, processor_settings, publish
+from tests.integration.processors.support import (
+    TcpProxy,
+    fold_to_end,
+    processor_settings,
+    publish,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +83,7 @@ async def projected(settings):  # type: ignore[no-untyped-def]
     return events
 
 
-def _rows(settings, sql: str) -> list[tuple]:
+def _rows(settings, sql: str) -> list[tuple[object, ...]]:
     with pg_connect(settings) as conn:
         return conn.execute(sql).fetchall()
 
@@ -93,7 +105,9 @@ async def test_scripted_conversation_rows(settings, projected) -> None:
         ("r3:assistant", "assistant", "Once", "cancelled", 1, 0, 1),
     ]  # fmt: skip
     prompt1 = next(e for e in projected if isinstance(e, PromptSubmitted))
-    created = dict(_rows(settings, "SELECT id, created_at FROM chatlog.messages"))
+    created: dict[object, Any] = {
+        r[0]: r[1] for r in _rows(settings, "SELECT id, created_at FROM chatlog.messages")
+    }
     assert created["r1:assistant"] - created["r1:user"] == timedelta(milliseconds=1)
     assert created["r1:user"] == prompt1.occurred_at
     assert _rows(settings, "SELECT request_id, attempt, seq, text FROM chatlog.chunks"
@@ -108,9 +122,7 @@ async def test_scripted_conversation_rows(settings, projected) -> None:
         ("r3", "cancelled", 1, "cancelled", {"prompt_tokens": 3, "completion_tokens": 1},
          "alice", "m"),
     ]  # fmt: skip
-    assert _rows(settings, "SELECT conversation_id FROM chatlog.deleted_conversations") == [
-        ("c2",)
-    ]
+    assert _rows(settings, "SELECT conversation_id FROM chatlog.deleted_conversations") == [("c2",)]
     assert _rows(settings, "SELECT count(*) FROM chatlog.chunks WHERE request_id = 'r4'") == [(0,)]
 
 
@@ -169,7 +181,8 @@ def _dlq(settings, n: int) -> list[dict[str, bytes]]:
         for _ in range(60):
             msg = consumer.poll(0.5)
             if msg is not None and not msg.error():
-                out.append(dict(msg.headers() or []))
+                pairs: list[Any] = list(msg.headers() or [])
+                out.append({k: v for k, v in pairs if isinstance(v, bytes)})
             if len(out) >= n:
                 break
     finally:
@@ -186,3 +199,71 @@ async def test_started_event_keeps_model_of_prompt(settings, projected) -> None:
     assert _rows(settings, "SELECT model FROM chatlog.completions WHERE request_id='r1'") == [
         ("m",)
     ]
+
+
+async def test_rebuilds_give_the_same_read_models(settings, projected) -> None:
+    await fold_to_end(settings, search=True)
+    digest, docs = postgres_digest(settings), search_documents(settings)
+    assert await rebuild_postgres(settings, quiet=True) > 0
+    assert postgres_digest(settings) == digest
+    with pg_connect(settings) as conn:
+        schemas = {r[0] for r in conn.execute("SELECT nspname FROM pg_namespace").fetchall()}
+    assert "chatlog" in schemas and not schemas & {"chatlog_next", "chatlog_old"}
+    await rebuild_search(settings, quiet=True)
+    assert search_documents(settings) == docs
+    # Both live projections carry on from the switched checkpoints.
+    await fold_to_end(settings, search=True)
+    assert postgres_digest(settings) == digest
+
+
+async def test_transient_postgres_loss_pauses_without_dlq(settings, projected) -> None:
+    """Kill the projector's Postgres session mid-stream: it reconnects, nothing is lost."""
+    clock = Clock(EPOCH + timedelta(days=3))
+    events = exchange(clock, conversation_id="c7", request_id="r7", user_id="carol",
+                      prompt="still there?", answer=["yes", ", ", "still"])  # fmt: skip
+    projection = PostgresProjection(settings)
+    conn = await projection.connection()
+    pid = conn.info.backend_pid
+    dead_before = metrics.DEAD_LETTERED.labels("postgres")._value.get()
+    with pg_connect(settings) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    publish(settings, events)
+    runner = Runner(settings, projection, group=None, stop_at_lag=0)
+    try:
+        await runner.run()
+    finally:
+        await projection.close()
+    assert _rows(settings, "SELECT content FROM chatlog.messages WHERE id = 'r7:assistant'") == [
+        ("yes, still",)
+    ]
+    assert metrics.TRANSIENT_FAILURES.labels("postgres")._value.get() >= 1
+    assert metrics.DEAD_LETTERED.labels("postgres")._value.get() == dead_before
+
+
+async def test_meilisearch_outage_pauses_the_search_projection_without_loss(
+    settings, projected
+) -> None:
+    await fold_to_end(settings, search=True)
+    url = urlsplit(settings.meili_url)
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 7700)
+    await proxy.up()
+    through_proxy = settings.model_copy(update={"meili_url": f"http://127.0.0.1:{proxy.port}"})
+    await proxy.down()
+    clock = Clock(EPOCH + timedelta(days=4))
+    publish(settings, exchange(clock, conversation_id="c5", request_id="r5", user_id="dave",
+                               prompt="zebra crossing", answer=["stripes"]))  # fmt: skip
+    await fold_to_end(settings)  # postgres has it; search cannot reach Meilisearch
+    transient_before = metrics.TRANSIENT_FAILURES.labels("search")._value.get()
+    dead_before = metrics.DEAD_LETTERED.labels("search")._value.get()
+    projection = SearchProjection(through_proxy)
+    runner = asyncio.create_task(Runner(through_proxy, projection, group=None, stop_at_lag=0).run())
+    await asyncio.sleep(2.5)
+    assert not runner.done()
+    assert metrics.TRANSIENT_FAILURES.labels("search")._value.get() > transient_before
+    await proxy.up()  # same port: Meilisearch is back
+    await asyncio.wait_for(runner, 60)
+    await projection.close()
+    await proxy.down()
+    ids = {d["id"] for d in search_documents(settings)}
+    assert {"r5-user", "r5-assistant"} <= ids
+    assert metrics.DEAD_LETTERED.labels("search")._value.get() == dead_before

@@ -34,7 +34,7 @@ def query_settings(infra: InfraSettings, **overrides: Any) -> QuerySettings:
     base.update(
         heartbeat_s=1.0,
         projection_wait_s=0.3,
-        owner_wait_s=1.0,
+        owner_wait_s=3.0,
         idle_poll_s=0.3,
         startup_attempts=3,
     )
@@ -218,9 +218,11 @@ async def read_sse(
     until_end: bool = True,
     max_events: int | None = None,
     timeout: float = 20.0,
+    sink: list[Sse] | None = None,
 ) -> list[Sse]:
-    """Read an SSE stream until done/error (or `max_events`); comments are skipped."""
-    events: list[Sse] = []
+    """Read an SSE stream until done/error (or `max_events`); comments are skipped.
+    Events are appended to `sink` as they arrive, when given."""
+    events: list[Sse] = [] if sink is None else sink
 
     async def run() -> None:
         async with client.stream("GET", url, headers=headers) as response:

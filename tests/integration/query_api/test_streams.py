@@ -234,11 +234,13 @@ async def test_two_attempts_never_mix(
 ) -> None:
     gen = Gen(infra_settings, producer)
     await gen.submit()
-    live = asyncio.create_task(read_sse(client, gen.url, users.headers("alice")))
+    seen: list[Sse] = []
+    live = asyncio.create_task(read_sse(client, gen.url, users.headers("alice"), sink=seen))
     await asyncio.sleep(0.3)
     await gen.start(1)
     await gen.chunks(1, range(3))
-    await asyncio.sleep(0.2)
+    while len(seen) < 3:  # the client has attempt 1's text before the retry begins
+        await asyncio.sleep(0.02)
     await gen.start(2)  # the replica died; another one retries from scratch
     await gen.chunks(1, range(3, 5))  # a straggler of the dead attempt
     await gen.chunks(2, range(4))

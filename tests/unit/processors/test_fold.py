@@ -59,11 +59,17 @@ def test_higher_attempt_restarts_and_lower_is_ignored() -> None:
                      prompt="hi", answer=["old"], finish=False)  # fmt: skip
     second = exchange(clock, conversation_id="c", request_id="r", user_id="u", prompt="hi",
                       answer=["new", "!"], attempt=2, with_prompt=False)  # fmt: skip
-    late = replace(first[-1], seq=1, text="zombie")
+    last = first[-1]
+    assert isinstance(last, TokenChunk)
+    late = replace(last, seq=1, text="zombie")
     state = fold_batch(FoldState(), first + second + [late])
     req = state.requests["r"]
-    assert (_text(state, "r"), req.attempt, req.reset, req.drop_chunks_below) == ("new!", 2, True, 2)
-    assert isinstance(late, TokenChunk)
+    assert (_text(state, "r"), req.attempt, req.reset, req.drop_chunks_below) == (
+        "new!",
+        2,
+        True,
+        2,
+    )
 
 
 def test_completion_before_prompt_gives_the_same_rows() -> None:
