@@ -31,6 +31,8 @@ class PostgresProjection:
     def __init__(self, settings: ProcessorSettings, schema: str = LIVE_SCHEMA) -> None:
         self.settings = settings
         self.schema = schema
+        self.batch_max_events = settings.batch_max_events
+        self.batch_wait_ms = settings.batch_wait_ms
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:

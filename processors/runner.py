@@ -42,6 +42,8 @@ class Projection(Protocol):
     """A read model fed by the loop. `apply` is one transaction: rows plus checkpoints."""
 
     name: str
+    batch_max_events: int  # one fetch, one fold, one transaction
+    batch_wait_ms: int  # how long a fetch waits to fill a batch
 
     async def stored_positions(self) -> dict[TP, int]:
         """The stored checkpoints (topic, partition) -> next offset."""
@@ -79,6 +81,8 @@ class Runner:
         stop_at_lag: int | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         on_near_end: Callable[[], Awaitable[dict[TP, int]]] | None = None,
+        max_events: int | None = None,
+        wait_ms: int | None = None,
     ) -> None:
         self.settings = settings
         self.projection = projection
@@ -86,6 +90,8 @@ class Runner:
         self.stop_at_lag = stop_at_lag
         self.on_progress = on_progress
         self.on_near_end = on_near_end
+        self.max_events = max_events or projection.batch_max_events
+        self.wait_ms = projection.batch_wait_ms if wait_ms is None else wait_ms
         self.targets: dict[TP, int] | None = None
         self.topics = [settings.topics.conversations, settings.topics.completions]
         self.base: dict[TP, int | None] = {}
@@ -134,11 +140,7 @@ class Runner:
 
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
         while not self._stopping.is_set():
-            fetched = await consumer.getmany(
-                timeout_ms=self.settings.batch_wait_ms, max_records=self.settings.batch_max_events
-            )
-            assigned = consumer.assignment()
-            records = [r for tp, rs in fetched.items() if tp in assigned for r in rs]
+            records = await self._fetch(consumer)
             if records:
                 async with self._exclusive:
                     await self._process(records)
@@ -151,6 +153,21 @@ class Runner:
                     return
                 # The caller locks the live projection and names the positions to reach.
                 self.targets = await self.on_near_end()
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> list[ConsumerRecord[bytes, bytes]]:
+        """Up to `max_events` records, waiting at most `wait_ms` to fill the batch."""
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        deadline = time.monotonic() + self.wait_ms / 1000
+        while len(records) < self.max_events:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            fetched = await consumer.getmany(
+                timeout_ms=max(remaining_ms, 0), max_records=self.max_events - len(records)
+            )
+            assigned = consumer.assignment()
+            records += [r for tp, rs in fetched.items() if tp in assigned for r in rs]
+            if not fetched or remaining_ms <= 0:
+                break
+        return records
 
     async def seek(self, tps: list[TopicPartition]) -> None:
         """Position these partitions at the stored checkpoints (the beginning when none)."""

@@ -86,6 +86,8 @@ class SearchProjection:
         self.settings = settings
         self.index_name = index or settings.index_name(MESSAGES_INDEX)
         self.checkpoint_name = checkpoint_name
+        self.batch_max_events = settings.search_batch_max_events
+        self.batch_wait_ms = settings.search_batch_wait_ms
         self.client = meilisearch.Client(settings.meili_url or "", settings.meili_key, timeout=30)
         self._conn: psycopg.AsyncConnection[Any] | None = None
 

@@ -46,6 +46,7 @@ def schema_registry() -> dict[tuple[str, int], Any]:
     return registry
 
 
+@cache
 def current_version(event_type: str) -> int:
     """The newest schema version of an event type: the one writers use."""
     return max(v for (t, v) in schema_registry() if t == event_type)
@@ -100,7 +101,9 @@ def decode(
     reader = registry[(event_type, current_version(event_type))]
     buf = io.BytesIO(value)
     try:
-        record = fastavro.schemaless_reader(buf, registry[(event_type, version)], reader)
+        writer = registry[(event_type, version)]
+        # Resolution costs a schema comparison per record: skip it when nothing to resolve.
+        record = fastavro.schemaless_reader(buf, writer, None if writer is reader else reader)
     except Exception as exc:  # fastavro raises many types on garbage input
         raise corrupt(f"undecodable {event_type} v{version} body: {exc!r}") from exc
     if buf.tell() != len(value):
@@ -122,8 +125,13 @@ def _to_avro(event: Event) -> dict[str, Any]:
     return record
 
 
+@cache
+def _init_fields(cls: type[Event]) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.init)
+
+
 def _from_avro(cls: type[Event], record: dict[str, Any]) -> Event:
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    names = _init_fields(cls)
     kwargs = {k: v for k, v in record.items() if k in names}
     if "messages" in kwargs:
         kwargs["messages"] = tuple(ChatMessage(**m) for m in kwargs["messages"])
