@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=30)
     parser.add_argument("--skip-search", action="store_true")
     parser.add_argument("--skip-rebuild", action="store_true")
+    parser.add_argument("--skip-live", action="store_true")
     args = parser.parse_args()
     with provide_services() as services, isolated_settings(services, "bench_processors") as infra:
         settings = processor_settings(infra)
@@ -47,10 +48,11 @@ def main() -> None:
         publish(settings, events)
         print(f"published {len(events):,} events in {time.perf_counter() - t0:.1f}s")
 
-        t0 = time.perf_counter()
-        n = asyncio.run(fold(settings, PostgresProjection(settings)))
-        took = time.perf_counter() - t0
-        print(f"postgres live fold: {n:,} events in {took:.1f}s = {n / took:,.0f} events/s")
+        if not args.skip_live:
+            t0 = time.perf_counter()
+            n = asyncio.run(fold(settings, PostgresProjection(settings)))
+            took = time.perf_counter() - t0
+            print(f"postgres live fold: {n:,} events in {took:.1f}s = {n / took:,.0f} events/s")
 
         if not args.skip_rebuild:
             t0 = time.perf_counter()

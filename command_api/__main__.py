@@ -14,13 +14,18 @@ def main() -> None:
     settings = CommandSettings()
     settings.check_secrets()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.command_host,
-        port=settings.command_port,
-        log_level="info",
-        access_log=False,
-    )
+    host, port = settings.command_host, settings.command_port
+    if settings.command_workers > 1:  # each worker builds its app from the same env
+        uvicorn.run(
+            "command_api.app:create_app",
+            factory=True,
+            workers=settings.command_workers,
+            host=host,
+            port=port,
+            access_log=False,
+        )
+    else:
+        uvicorn.run(create_app(settings), host=host, port=port, access_log=False)
 
 
 if __name__ == "__main__":

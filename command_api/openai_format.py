@@ -109,7 +109,8 @@ class ChunkStream:
         return [sse_data(error_body(message, "server_error", "stream_reset"))], True
 
     def failure(self, exc: ApiError) -> str:
-        return sse_data(error_body(exc.message, exc.type, exc.code, exc.param))
+        message = f"{exc.message} The generation goes on: read it from {self.stream_url}."
+        return sse_data(error_body(message, exc.type, exc.code, exc.param))
 
 
 async def collect(

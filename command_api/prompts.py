@@ -195,6 +195,11 @@ class PromptService:
         conv = await self._store.conversation(prompt.conversation_id, user_id)
         if conv is None:
             raise NotFound("No such conversation.", param="conversation_id")
+        parent = prompt.parent_request_id
+        if parent is not None:
+            owned = await self._store.request(parent, user_id)
+            if owned is None or owned.conversation_id != conv.id:
+                raise NotFound("No such request in this conversation.", param="parent_request_id")
         last = conv.last_request_id
         if last is not None and not await self._read.wait_terminal(
             last, self._s.continuation_wait_s
@@ -204,11 +209,6 @@ class PromptService:
                 param="conversation_id",
                 headers={"Retry-After": "1"},
             )
-        parent = prompt.parent_request_id
-        if parent is not None:
-            owned = await self._store.request(parent, user_id)
-            if owned is None or owned.conversation_id != conv.id:
-                raise NotFound("No such request in this conversation.", param="parent_request_id")
         history = await self._read.history(conv.id, up_to_request=parent)
         return conv.id, last, parent or last, compose(history, prompt.messages)
 

@@ -12,6 +12,8 @@ class CommandSettings(InfraSettings):
 
     command_host: str = "127.0.0.1"
     command_port: int = 8000
+    # uvicorn worker processes; all state is in Postgres/Kafka, so workers share the limits.
+    command_workers: int = 1
     query_api_url: str = "http://127.0.0.1:8001"
 
     # What a prompt without `stream` answers: "async" = 202 at once (issue 3); "wait" = the

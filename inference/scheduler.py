@@ -244,7 +244,7 @@ class Scheduler:
                 conversation_id=req.prompt.conversation_id,
                 attempt=req.attempt,
                 replica_id=self._replica_id,
-                model=req.prompt.model or self.engine.model_id,
+                model=self.engine.model_id,  # what actually runs, not what was asked
             ),
             req.partition,
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,7 +136,10 @@ class TransformersEngine:
 
     def step(self) -> list[StepToken]:
         try:
-            with self._lock, torch.inference_mode():
+            with self._lock, torch.inference_mode(), warnings.catch_warnings():
+                # transformers 5.24 deprecates `past_key_values` for `cache`, yet a cache
+                # passed as `cache` is silently ignored there (and 5.17 has no `cache`).
+                warnings.filterwarnings("ignore", ".*past_key_values.*", FutureWarning)
                 out: list[StepToken] = []
                 if self._rows:
                     out += self._decode_step()
@@ -157,7 +161,7 @@ class TransformersEngine:
             input_ids=self._next_ids[:, None],
             attention_mask=self._mask,
             position_ids=self._pos[:, None],
-            cache=self._cache,
+            past_key_values=self._cache,
             use_cache=True,
         ).logits[:, -1, :]
         return self._emit(self._rows, logits, existing=True)
@@ -177,8 +181,9 @@ class TransformersEngine:
             input_ids=ids,
             attention_mask=mask,
             position_ids=pos,
-            cache=cache,
+            past_key_values=cache,
             use_cache=True,
+            logits_to_keep=1,  # only the last position's logits: the prefill's lm_head is large
         ).logits[:, -1, :]
         rows = [r for r, _ in joining]
         self._merge(rows, cache, mask, pos[:, -1])

@@ -33,6 +33,7 @@ class PostgresProjection:
         self.schema = schema
         self.batch_max_events = settings.batch_max_events
         self.batch_wait_ms = settings.batch_wait_ms
+        self.event_types: frozenset[str] | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:

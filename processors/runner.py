@@ -29,7 +29,7 @@ from processors import metrics
 from processors.checkpoints import Fenced
 from processors.errors import is_transient
 from processors.settings import ProcessorSettings
-from schemas.codec import decode
+from schemas.codec import EVENT_TYPE_HEADER, decode
 from schemas.errors import EventDecodeError
 from schemas.events import Event
 
@@ -44,6 +44,7 @@ class Projection(Protocol):
     name: str
     batch_max_events: int  # one fetch, one fold, one transaction
     batch_wait_ms: int  # how long a fetch waits to fill a batch
+    event_types: frozenset[str] | None  # the only types it reads (by header); None = all
 
     async def stored_positions(self) -> dict[TP, int]:
         """The stored checkpoints (topic, partition) -> next offset."""
@@ -102,6 +103,7 @@ class Runner:
         self._rate_mark = (time.monotonic(), 0)
         # A rebalance's seek and a batch never interleave (both await Postgres).
         self._exclusive = asyncio.Lock()
+        self._generation = 0  # bumped by every seek: batches fetched before it are stale
 
     def stop(self) -> None:
         self._stopping.set()
@@ -139,20 +141,44 @@ class Runner:
                 await self._producer.stop()
 
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
-        while not self._stopping.is_set():
-            records = await self._fetch(consumer)
-            if records:
-                async with self._exclusive:
-                    await self._process(records)
-            lag = await self._observe(consumer, idle=not records)
-            if self.targets is not None:
-                if all((self.base.get(tp) or 0) >= o for tp, o in self.targets.items()):
+        # Two stages overlap: while batch N is in Postgres (awaiting I/O), batch N+1 is
+        # fetched and decoded. Batches still apply strictly one after another.
+        inflight: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping.is_set():
+                records = await self._fetch(consumer)
+                generation = self._generation
+                items = await self._decode_all(records)
+                if inflight is not None:
+                    await inflight
+                    inflight = None
+                if items and generation == self._generation:  # else a seek made them stale
+                    inflight = asyncio.create_task(self._process(items))
+                # With a batch in flight `base` trails by it: lag reads high, never low.
+                lag = await self._observe(consumer, idle=not items)
+                if await self._reached_the_end(lag):
                     return
-            elif self.stop_at_lag is not None and lag is not None and lag <= self.stop_at_lag:
-                if self.on_near_end is None:
-                    return
-                # The caller locks the live projection and names the positions to reach.
-                self.targets = await self.on_near_end()
+        finally:
+            if inflight is not None:
+                await inflight
+
+    async def _reached_the_end(self, lag: int | None) -> bool:
+        if self.targets is not None:
+            return all((self.base.get(tp) or 0) >= o for tp, o in self.targets.items())
+        if self.stop_at_lag is not None and lag is not None and lag <= self.stop_at_lag:
+            if self.on_near_end is None:
+                return True
+            # The caller locks the live projection and names the positions to reach.
+            self.targets = await self.on_near_end()
+        return False
+
+    async def _decode_all(self, records: list[ConsumerRecord[bytes, bytes]]) -> list[Item]:
+        items: list[Item] = []
+        for i, record in enumerate(records):
+            if i % 256 == 255:
+                await asyncio.sleep(0)  # let the batch in flight read its Postgres replies
+            items.append((record, await self._decode(record)))
+        return items
 
     async def _fetch(self, consumer: AIOKafkaConsumer) -> list[ConsumerRecord[bytes, bytes]]:
         """Up to `max_events` records, waiting at most `wait_ms` to fill the batch."""
@@ -177,6 +203,7 @@ class Runner:
 
     async def _seek(self, tps: list[TopicPartition]) -> None:
         assert self._consumer is not None
+        self._generation += 1
         stored = await self._retry_transient(self.projection.stored_positions)
         for tp in tps:
             offset = stored.get((tp.topic, tp.partition))
@@ -186,13 +213,13 @@ class Runner:
             else:
                 self._consumer.seek(tp, offset)
 
-    async def _process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        items = [(r, await self._decode(r)) for r in records]
-        try:
-            await self._apply_batch(items)
-        except Fenced as exc:  # not ours any more (a switch, a rebalance): re-seek
-            log.warning("%s", exc)
-            await self._seek(list(self._consumer.assignment()) if self._consumer else [])
+    async def _process(self, items: list[Item]) -> None:
+        async with self._exclusive:
+            try:
+                await self._apply_batch(items)
+            except Fenced as exc:  # not ours any more (a switch, a rebalance): re-seek
+                log.warning("%s", exc)
+                await self._seek(list(self._consumer.assignment()) if self._consumer else [])
 
     async def _apply_batch(self, items: list[Item]) -> None:
         positions: dict[TP, int] = {}
@@ -250,6 +277,11 @@ class Runner:
         return False
 
     async def _decode(self, record: ConsumerRecord[bytes, bytes]) -> Event | None:
+        wanted = self.projection.event_types
+        if wanted is not None:
+            kind = next((v for k, v in record.headers if k == EVENT_TYPE_HEADER), None)
+            if kind is not None and kind.decode(errors="replace") not in wanted:
+                return None  # not this projection's business (not decoded, not poison)
         try:
             return decode(
                 record.value,

@@ -88,6 +88,17 @@ class SearchProjection:
         self.checkpoint_name = checkpoint_name
         self.batch_max_events = settings.search_batch_max_events
         self.batch_wait_ms = settings.search_batch_wait_ms
+        # Chunks and starts never change a document: skip them undecoded (~90% of the log).
+        self.event_types: frozenset[str] | None = frozenset(
+            t.event_type
+            for t in (
+                PromptSubmitted,
+                CompletionFinished,
+                CompletionFailed,
+                ConversationRenamed,
+                ConversationDeleted,
+            )
+        )
         self.client = meilisearch.Client(settings.meili_url or "", settings.meili_key, timeout=30)
         self._conn: psycopg.AsyncConnection[Any] | None = None
 

@@ -117,17 +117,38 @@ def decode(
 
 
 def _to_avro(event: Event) -> dict[str, Any]:
-    record = dataclasses.asdict(event)
+    # A shallow copy: dataclasses.asdict deep-copies every value, a hot cost per event.
+    record = {name: getattr(event, name) for name in _init_fields(type(event))}
     if "messages" in record:
-        record["messages"] = list(record["messages"])
+        record["messages"] = [{"role": m.role, "content": m.content} for m in record["messages"]]
     if "params" in record:
-        record["params"]["stop"] = list(record["params"]["stop"])
+        p = record["params"]
+        record["params"] = {
+            "max_tokens": p.max_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "stop": list(p.stop),
+            "seed": p.seed,
+        }
+    if "usage" in record:
+        u = record["usage"]
+        record["usage"] = {
+            "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens,
+        }
     return record
 
 
-@cache
+_INIT_FIELDS: dict[str, frozenset[str]] = {}
+
+
 def _init_fields(cls: type[Event]) -> frozenset[str]:
-    return frozenset(f.name for f in dataclasses.fields(cls) if f.init)
+    names = _INIT_FIELDS.get(cls.event_type)
+    if names is None:
+        names = _INIT_FIELDS[cls.event_type] = frozenset(
+            f.name for f in dataclasses.fields(cls) if f.init
+        )
+    return names
 
 
 def _from_avro(cls: type[Event], record: dict[str, Any]) -> Event:

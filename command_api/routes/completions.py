@@ -10,8 +10,8 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from command_api.deps import Context, Ctx, CurrentUser, current_user, get_context
-from command_api.errors import GatewayTimeout
-from command_api.openai_format import ChunkStream, collect
+from command_api.errors import GatewayTimeout, UpstreamUnavailable
+from command_api.openai_format import ChunkStream, CompletionError, collect
 from command_api.prompts import Accepted
 from command_api.tracing import traceparent_for
 from command_api.validation import parse_body
@@ -83,10 +83,21 @@ async def create_chat_completion(request: Request) -> Response:
                 model=accepted.model,
                 conversation_id=accepted.conversation_id,
             )
+    except CompletionError as exc:  # the generation itself failed
+        exc.headers.update(headers)
+        raise
+    except UpstreamUnavailable as exc:
+        # The prompt WAS accepted: say so, or a client would retry and generate twice.
+        raise UpstreamUnavailable(
+            f"{accepted.request_id} was accepted but its result could not be read "
+            f"({exc.message}); read it from {accepted.stream_url}.",
+            headers=headers,
+        ) from exc
     except TimeoutError as exc:
         raise GatewayTimeout(
             f"{accepted.request_id} did not finish in time; it goes on: read it from "
-            f"{accepted.stream_url}."
+            f"{accepted.stream_url}.",
+            headers=headers,
         ) from exc
     return JSONResponse(body, headers=headers)
 

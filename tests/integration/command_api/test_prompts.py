@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from command_api.prompts import canonical_hash
+from command_api.store import CommandStore
 from schemas import PromptSubmitted
 from tests.integration.command_api.conftest import events_about, project_turn, prompt
 
@@ -168,3 +173,65 @@ async def test_health_readiness_and_metrics(client):
     assert "chatlog_command_requests_total" in text
     assert 'chatlog_command_rejections_total{reason="rate_limit_exceeded"}' in text
     assert "chatlog_command_request_seconds_bucket" in text
+
+
+async def test_branching_from_a_parent_request_cuts_the_history_there(client, settings, new_user):
+    user, auth = new_user()
+    first = (await client.post("/v1/chat/completions", json=prompt("one"), headers=auth)).json()
+    conv = first["conversation_id"]
+    project_turn(
+        settings,
+        request_id=first["id"],
+        conversation_id=conv,
+        user_id=user,
+        prompt_text="one",
+        answer="1",
+    )
+    second = (
+        await client.post(
+            "/v1/chat/completions", json=prompt("two", conversation_id=conv), headers=auth
+        )
+    ).json()
+    project_turn(
+        settings,
+        request_id=second["id"],
+        conversation_id=conv,
+        user_id=user,
+        prompt_text="two",
+        answer="2",
+    )
+    branch = await client.post(
+        "/v1/chat/completions",
+        json=prompt("two, again", conversation_id=conv, parent_request_id=first["id"]),
+        headers=auth,
+    )
+    assert branch.status_code == 202, branch.text
+    [(_, event)] = await events_about(settings, branch.json()["id"])
+    assert [m.content for m in event.messages] == ["one", "1", "two, again"]  # type: ignore[attr-defined]
+    assert event.parent_request_id == first["id"]  # type: ignore[attr-defined]
+
+    other = (await client.post("/v1/chat/completions", json=prompt(), headers=auth)).json()
+    foreign_parent = await client.post(
+        "/v1/chat/completions",
+        json=prompt("x", conversation_id=conv, parent_request_id=other["id"]),
+        headers=auth,
+    )
+    assert foreign_parent.status_code == 404
+    assert foreign_parent.json()["error"]["param"] == "parent_request_id"
+
+
+async def test_a_key_whose_first_request_is_still_running_answers_409(client, settings, new_user):
+    user, auth = new_user()
+    body = prompt("slow")
+    raw = json.dumps(body).encode()
+
+    async with AsyncConnectionPool(settings.postgres_url, min_size=1, max_size=1) as pool:
+        claimed = await CommandStore(pool, settings).claim_key(
+            user, "k-busy", canonical_hash(raw), "chatcmpl-elsewhere"
+        )
+    assert claimed is None  # another process holds the key, mid-request
+    resp = await client.post(
+        "/v1/chat/completions", json=body, headers={**auth, "Idempotency-Key": "k-busy"}
+    )
+    assert resp.status_code == 409
+    assert resp.json()["error"]["code"] == "idempotency_key_in_progress"

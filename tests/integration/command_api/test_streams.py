@@ -191,3 +191,21 @@ async def test_client_disconnect_does_not_cancel_the_generation(
     events = [e for _, e in await events_about(settings, rid)]
     assert [type(e).__name__ for e in events] == ["PromptSubmitted"]
     assert not any(isinstance(e, CancelRequested) for e in events)
+
+
+async def test_unreachable_stream_source_still_names_the_accepted_request(infra_settings, new_user):
+    _, auth = new_user()
+    settings = command_settings(infra_settings, query_api_url="http://127.0.0.1:1")
+    async with running_client(settings) as client:
+        waited = await client.post("/v1/chat/completions", json=prompt(stream=False), headers=auth)
+        assert waited.status_code == 503
+        rid = waited.headers["x-request-id"]
+        message = waited.json()["error"]["message"]
+        assert f"{rid} was accepted" in message and f"/{rid}/stream" in message, message
+        streamed = await client.post("/v1/chat/completions", json=prompt(stream=True), headers=auth)
+        last = json.loads(frames(streamed.text)[-1])
+        assert last["error"]["code"] == "stream_unavailable"
+        assert (
+            f"/v1/chat/completions/{streamed.headers['x-request-id']}/stream"
+            in (last["error"]["message"])
+        )
