@@ -16,9 +16,10 @@ class CommandSettings(InfraSettings):
     command_workers: int = 1
     query_api_url: str = "http://127.0.0.1:8001"
 
-    # What a prompt without `stream` answers: "async" = 202 at once (issue 3); "wait" = the
-    # OpenAI default (a `chat.completion` once finished). `Prefer: respond-async` is always 202.
-    default_response: Literal["async", "wait"] = "async"
+    # What a prompt without `stream` answers: "wait" = the OpenAI default (a `chat.completion`
+    # once finished, what the official clients expect); "async" = 202 at once.
+    # `Prefer: respond-async` is always 202.
+    default_response: Literal["async", "wait"] = "wait"
 
     # Input limits.
     max_body_bytes: int = 1_048_576

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +32,7 @@ from inference.request import Request
 from inference.scheduler import Scheduler
 from inference.settings import InferenceSettings
 from infra.clients import aio_producer
-from schemas.codec import decode
+from schemas.codec import EVENT_TYPE_HEADER, decode
 from schemas.errors import EventDecodeError
 from schemas.events import CancelRequested, PromptSubmitted
 
@@ -72,6 +73,9 @@ class ReplicaWorker:
         self._tasks: list[asyncio.Task[None]] = []
         self.assigned: set[int] = set()  # assigned AND scanned by the ledger: safe to process
         self._rewind: dict[int, int] = {}  # records fetched before the ledger was ready
+        self._peeker: AIOKafkaConsumer | None = None
+        self._full = asyncio.Event()  # set while partitions are paused for backpressure
+        self._early_cancels: OrderedDict[str, None] = OrderedDict()
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -81,6 +85,10 @@ class ReplicaWorker:
         common: dict[str, Any] = {"bootstrap_servers": s.kafka_bootstrap}
         self._reader = AIOKafkaConsumer(**common, enable_auto_commit=False)
         await self._reader.start()
+        self._peeker = AIOKafkaConsumer(
+            **common, enable_auto_commit=False, max_partition_fetch_bytes=256 * 1024
+        )
+        await self._peeker.start()
         self._consumer = AIOKafkaConsumer(
             **common,
             group_id=s.consumer_group,
@@ -97,6 +105,7 @@ class ReplicaWorker:
             ("schedule", self.scheduler.run()),
             ("flush", self.scheduler.run_flusher()),
             ("commit", self._commit_loop()),
+            ("cancel-watch", self._watch_cancels()),
         ):
             self._tasks.append(asyncio.create_task(coro, name=f"{self.replica_id}:{name}"))
 
@@ -128,7 +137,7 @@ class ReplicaWorker:
             await self.publisher.drain()
         with contextlib.suppress(Exception):
             await self._commit()
-        for client in (self._consumer, self._reader):
+        for client in (self._consumer, self._reader, self._peeker):
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.stop()
@@ -167,6 +176,43 @@ class ReplicaWorker:
             self._consumer.pause(*stop)
         if go := (paused & set(owned)) - want_paused:
             self._consumer.resume(*go)
+        if full:
+            self._full.set()
+        else:
+            self._full.clear()
+
+    async def _watch_cancels(self) -> None:
+        """While paused for backpressure, read ahead for CancelRequested only.
+
+        A cancel for a running request would otherwise wait behind the prompts that
+        filled the queue. Prompts read ahead are not kept (they are fetched again after
+        resuming); cancels are applied at once and remembered for prompts not yet seen.
+        """
+        assert self._consumer is not None and self._peeker is not None
+        while True:
+            await self._full.wait()
+            parts = [tp for tp in self._consumer.assignment() if tp.partition in self.assigned]
+            self._peeker.assign(parts)
+            for tp in parts:
+                self._peeker.seek(tp, await self._consumer.position(tp))
+            while self._full.is_set():
+                batch = await self._peeker.getmany(timeout_ms=100)
+                for records in batch.values():
+                    for rec in records:
+                        if dict(rec.headers).get(EVENT_TYPE_HEADER) == b"CancelRequested":
+                            self._early_cancel(rec)
+            self._peeker.unsubscribe()
+
+    def _early_cancel(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            event = decode(record.value, record.headers)
+        except EventDecodeError:
+            return  # the main consumer meets it later and skips it
+        if isinstance(event, CancelRequested):
+            self._early_cancels[event.request_id] = None
+            while len(self._early_cancels) > 10_000:
+                self._early_cancels.popitem(last=False)
+            self.scheduler.cancel(event.request_id)
 
     def _handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         p, off = record.partition, record.offset
@@ -212,6 +258,8 @@ class ReplicaWorker:
             self.scheduler.fail(req, exc)
             return
         self.scheduler.submit(req)
+        if self._early_cancels.pop(prompt.request_id, 0) is None:  # cancelled while paused
+            self.scheduler.cancel(prompt.request_id)
 
     def _request_done(self, req: Request) -> None:
         self.ledger.note(req.request_id, req.attempt, final=True)

@@ -23,7 +23,10 @@ from schemas import Event, decode
 
 def command_settings(infra: InfraSettings, **overrides: Any) -> CommandSettings:
     base = CommandSettings(**infra.model_dump())
-    return base.model_copy(update={"continuation_wait_s": 0.5, **overrides})
+    # These tests look at what gets appended: answer 202 at once unless a test says otherwise.
+    return base.model_copy(
+        update={"continuation_wait_s": 0.5, "default_response": "async", **overrides}
+    )
 
 
 @asynccontextmanager

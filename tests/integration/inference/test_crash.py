@@ -43,7 +43,9 @@ async def test_sigkilled_replica_prompt_finishes_on_next_attempt(inference_setti
     try:
         await produce(inference_settings, p)
         await completions.wait_for(
-            lambda: len([e for e in completions.events(p.request_id) if isinstance(e, TokenChunk)]) >= 3,
+            lambda: (
+                len([e for e in completions.events(p.request_id) if isinstance(e, TokenChunk)]) >= 3
+            ),
             timeout=60,
         )
     finally:

@@ -21,7 +21,12 @@ def model_settings(inference_settings):
     except ModelNotFound as exc:
         pytest.skip(str(exc))
     return inference_settings.model_copy(
-        update={"engine": "transformers", "models": "SmolLM2-135M-Instruct", "torch_threads": 2, "device": "cpu"}
+        update={
+            "engine": "transformers",
+            "models": "SmolLM2-135M-Instruct",
+            "torch_threads": 2,
+            "device": "cpu",
+        }
     )
 
 
@@ -32,14 +37,19 @@ def _text(events):
     return "".join(c.text for c in chunks)
 
 
-async def test_real_model_answers_in_english_with_usage_and_truthful_finish(model_settings, completions):
+async def test_real_model_answers_in_english_with_usage_and_truthful_finish(
+    model_settings, completions
+):
     async with worker(model_settings) as w:
         await wait_assigned(w, model_settings.partitions)
-        short = prompt("What is the capital of France? Answer in one sentence.", max_tokens=48, temperature=0.0)
+        short = prompt(
+            "What is the capital of France? Answer in one sentence.", max_tokens=48, temperature=0.0
+        )
         capped = prompt("Write a long story about a dragon.", max_tokens=5, temperature=0.0)
         await produce(model_settings, short, capped)
         await completions.wait_for(
-            lambda: completions.finals(short.request_id) and completions.finals(capped.request_id), 240
+            lambda: completions.finals(short.request_id) and completions.finals(capped.request_id),
+            240,
         )
         # the UTF-8 round trip through the model's own tokenizer and our detokeniser
         text = "Crème brûlée, naïve café — 日本語 and 🙂🚀 emoji"

@@ -58,9 +58,14 @@ async def test_serve_deployment_end_to_end(inference_settings, completions, serv
     replicas = set()
     for i, p in enumerate(ps):
         events = completions.events(p.request_id)
-        assert isinstance(events[0], CompletionStarted) and "InferenceReplica#" in events[0].replica_id
+        assert (
+            isinstance(events[0], CompletionStarted) and "InferenceReplica#" in events[0].replica_id
+        )
         replicas.add(events[0].replica_id)
-        assert "".join(e.text for e in events if isinstance(e, TokenChunk)) == f"Echo: through serve {i}"
+        assert (
+            "".join(e.text for e in events if isinstance(e, TokenChunk))
+            == f"Echo: through serve {i}"
+        )
         assert isinstance(events[-1], CompletionFinished)
     assert "chatlog_inference:time_to_first_token_seconds_bucket" in metrics
     assert "chatlog_inference:num_requests_running" in metrics

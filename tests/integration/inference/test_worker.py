@@ -150,3 +150,35 @@ async def test_health_reports_a_dead_consumer_loop(inference_settings):
         await asyncio.sleep(0.05)
         ok, reason = w.healthy()
         assert not ok and "consume" in reason
+
+
+async def test_cancel_reaches_a_running_request_while_partitions_are_paused(
+    inference_settings, completions
+):
+    settings = inference_settings.model_copy(
+        update={
+            "max_batch": 1,
+            "max_waiting": 1,
+            "scripted_reply_repeat": 100,
+            "scripted_token_rate": 100,
+        }
+    )
+    async with worker(settings) as w:
+        await wait_assigned(w, settings.partitions)
+        conv = "conv-paused"
+        a, b, c = (prompt(f"long {i}", conversation_id=conv, max_tokens=5000) for i in range(3))
+        await produce(settings, a, b, c)  # a runs, b waits, c stays in Kafka: paused
+        await completions.wait_for(lambda: len(chunks(completions.events(a.request_id))) >= 2)
+        await asyncio.sleep(0.3)
+        assert w.scheduler.load == 2
+        await produce(settings, cancel(a), cancel(c))
+        await completions.wait_for(lambda: completions.finals(a.request_id), timeout=5)
+        assert completions.finals(a.request_id)[0].finish_reason == "cancelled"
+        # c, cancelled before it was ever consumed, is dropped as soon as it arrives
+        await produce(settings, cancel(b))
+        await completions.wait_for(
+            lambda: completions.finals(b.request_id) and completions.finals(c.request_id),
+            timeout=10,
+        )
+    assert completions.finals(c.request_id)[0].finish_reason == "cancelled"
+    assert completions.finals(c.request_id)[0].usage.completion_tokens == 0
