@@ -29,7 +29,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def system(infra_settings: InfraSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+def system(
+    infra_settings: InfraSettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[System]:
     settings = infra_settings.model_copy(update={"models": SCRIPTED_MODEL})
     run_dir: Path = tmp_path_factory.mktemp("system")
     sys_ = System(
@@ -39,7 +41,8 @@ def system(infra_settings: InfraSettings, tmp_path_factory: pytest.TempPathFacto
         run_dir=run_dir,
         extra_env={
             "CHATLOG_ENGINE": "scripted",
-            "CHATLOG_SCRIPTED_TOKENS_PER_S": "200",
+            "CHATLOG_SCRIPTED_TOKEN_RATE": "100",
+            "CHATLOG_SCRIPTED_REPLY_REPEAT": "3",
             "CHATLOG_REPLICAS": "1",
         },
     )
@@ -61,8 +64,29 @@ def keys(infra_settings: InfraSettings) -> dict[str, str]:
         return {user: create_key(conn, user) for user in ("alice", "bob")}
 
 
-@pytest.fixture
-def alice(system: System, keys: dict[str, str]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=system.command_url, timeout=60,
-                      headers={"Authorization": f"Bearer {keys['alice']}"}) as c:
-        yield c
+class User:
+    """One API user: a command client and a query client carrying the user's key."""
+
+    def __init__(self, system: System, key: str) -> None:
+        headers = {"Authorization": f"Bearer {key}"}
+        self.key = key
+        self.command = httpx.Client(base_url=system.command_url, timeout=60, headers=headers)
+        self.query = httpx.Client(base_url=system.query_url, timeout=60, headers=headers)
+
+    def close(self) -> None:
+        self.command.close()
+        self.query.close()
+
+
+@pytest.fixture(scope="module")
+def alice(system: System, keys: dict[str, str]) -> Iterator[User]:
+    user = User(system, keys["alice"])
+    yield user
+    user.close()
+
+
+@pytest.fixture(scope="module")
+def bob(system: System, keys: dict[str, str]) -> Iterator[User]:
+    user = User(system, keys["bob"])
+    yield user
+    user.close()
