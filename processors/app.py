@@ -32,6 +32,10 @@ def create_app(settings: ProcessorSettings) -> faust.App:
         web_enabled=False,
         topic_disable_leader=True,  # no assignor topic: our agents hold no tables
         topic_allow_declare=False,  # topics are created by `chatlog infra start`
+        # faust's default 60 s session means a SIGKILLed worker's successor waits a
+        # minute for the dead member to expire before its tasks start.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
     )
     dlq = app.topic(settings.topics.dlq, key_serializer="raw", value_serializer="raw")
 

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def echo(prompt: str) -> str:
-    return f"Echo: {prompt}" * 3
+    return " ".join([f"Echo: {prompt}"] * 3)
 
 
 def submit(user: User, content: str, **extra: Any) -> dict[str, Any]:

@@ -58,7 +58,6 @@ def test_sigkill_mid_batch_then_restart_equals_a_rebuild_and_readers_never_see_a
     publish(settings, workload(300))
     total = _log_end(settings)
     T0 = time.monotonic()
-    print("published", flush=True)
     proc = _start(settings, CHATLOG_BATCH_MAX_EVENTS="200")
     try:
         deadline = time.monotonic() + 90
@@ -72,7 +71,6 @@ def test_sigkill_mid_batch_then_restart_equals_a_rebuild_and_readers_never_see_a
         if proc.poll() is None:
             proc.kill()
     assert 0 < _folded(settings) < total, "the kill must land part-way"
-    print("killed", time.monotonic() - T0, flush=True)
 
     proc = _start(settings)
     try:
@@ -98,7 +96,6 @@ def test_sigkill_mid_batch_then_restart_equals_a_rebuild_and_readers_never_see_a
         finally:
             stop.set()
             reader.join()
-        print("rebuilt", time.monotonic() - T0, flush=True)
         assert rebuild.returncode == 0, rebuild.stderr.decode()[-2000:]
         assert postgres_digest(settings) == live
         assert len(observations) > 10
@@ -110,10 +107,8 @@ def test_sigkill_mid_batch_then_restart_equals_a_rebuild_and_readers_never_see_a
         while _folded(settings) < total:
             assert time.monotonic() < deadline, "live projector did not resume after the switch"
             time.sleep(0.2)
-        print("resumed", time.monotonic() - T0, flush=True)
     finally:
         _stop(proc)
-        print("stopped", time.monotonic() - T0, flush=True)
 
 
 READ = (
