@@ -107,7 +107,9 @@ async def run(settings: InferenceSettings, tokens: int, overhead_n: int) -> None
         warm = [make_prompt(0, 4)]
         await bench.send(producer, warm)
         await bench.wait([p.request_id for p in warm])
-        print(f"model={settings.model_id} threads={settings.torch_threads} tokens/prompt={tokens}")
+        print(
+            f"model={settings.model_id} threads={settings.effective_torch_threads} tokens/prompt={tokens}"
+        )
         base = None
         for n in (1, 4, 16):
             prompts = [make_prompt(i, tokens) for i in range(n)]

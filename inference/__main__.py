@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -48,36 +49,37 @@ def _run_serve(settings: InferenceSettings, port: int) -> None:
     from inference.deployment import build_app
 
     ray.init(include_dashboard=False, log_to_driver=True)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(), name="inference", route_prefix=settings.serve_route, blocking=False)
-    log.info("inference app deployed (%d replicas)", settings.replicas)
-    stopped = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopped
-        stopped = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    # ray.init installed a SIGTERM handler that raises SystemExit; SIGINT raises
+    # KeyboardInterrupt: whenever either comes, the app is shut down, then Ray.
     try:
-        while not stopped:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(), name="inference", route_prefix=settings.serve_route, blocking=False)
+        log.info("inference app deployed (%d replicas)", settings.replicas)
+        while True:
             signal.pause()
+    except (SystemExit, KeyboardInterrupt):
+        log.info("stopping the inference app")
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
+        log.info("ray stopped")
+        # Ray's native handlers abort during interpreter teardown after a SIGTERM
+        # (exit 134, seen with ray 2.60): everything is shut down, so leave now.
+        logging.shutdown()
+        os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__)
     parser.add_argument("--no-ray", action="store_true", help="one worker in this process")
-    parser.add_argument("--http-port", type=int, default=8010, help="Serve HTTP port")
+    parser.add_argument("--http-port", type=int, help="Serve HTTP port (CHATLOG_SERVE_HTTP_PORT)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = InferenceSettings()
     if args.no_ray:
         asyncio.run(_run_worker(settings))
     else:
-        _run_serve(settings, args.http_port)
+        _run_serve(settings, args.http_port or settings.serve_http_port)
     return 0
 
 

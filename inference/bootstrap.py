@@ -27,7 +27,7 @@ def build_engine(settings: InferenceSettings) -> Engine:
     from inference.transformers_engine import TransformersEngine
 
     # Ray sets OMP_NUM_THREADS=1 in replicas; torch would then decode on one core.
-    torch.set_num_threads(settings.torch_threads)
+    torch.set_num_threads(settings.effective_torch_threads)
     model_dir = resolve_model_dir(settings.model_path, settings.home)
     engine = TransformersEngine(model_dir, settings.model_id, device=settings.device)
     log.info("loaded %s from %s on %s", settings.model_id, model_dir, engine.device)

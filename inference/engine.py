@@ -9,7 +9,9 @@ into text with `decode`, incrementally (see `detok.py`).
 
 Threading: `step()` is called from a worker thread so the event loop keeps consuming
 (cancels, new prompts) while the model computes; every other method is called from the
-event loop, never while a `step()` is running.
+event loop. The scheduler only adds and releases between steps, but a rebalance may
+release sequences while a step runs: implementations serialise `add`/`release`/`step`
+(a lock), and a token of a sequence released meanwhile is simply ignored.
 """
 
 from __future__ import annotations

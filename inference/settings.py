@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -24,18 +23,25 @@ class InferenceSettings(InfraSettings):
     max_waiting: int = 16  # admitted but not yet running; beyond this, partitions are paused
     chunk_interval_ms: float = 5.0  # at most one TokenChunk per request per interval...
     chunk_max_tokens: int = 16  # ...unless this many tokens are pending
-    torch_threads: int = max(1, min(4, os.cpu_count() or 1))
+    # None: one thread per CPU reserved for the replica (num_cpus). Oversubscribing hurts:
+    # on this shared 2-core box 2 threads decoded 4x slower than 1 while others were busy.
+    torch_threads: int | None = None
     consumer_group: str = "chatlog-inference"
     session_timeout_ms: int = 10_000
     commit_interval_ms: int = 200
     ledger_lookback_s: float = 300.0  # clock skew allowance when scanning chat.completions
     metrics_port: int | None = None  # `python -m inference` only; Serve replicas answer /metrics
     serve_route: str = "/inference"
+    serve_http_port: int = 8010  # `python -m inference`: Serve's HTTP proxy (metrics, status)
     # scripted engine: deterministic bytes at a fixed rate (tests and load tests only)
     scripted_token_rate: float = 200.0  # tokens per second per sequence
     scripted_reply_repeat: int = 1
     scripted_fail_marker: str = "[[engine-fail]]"
     scripted_max_context: int = 4096
+
+    @property
+    def effective_torch_threads(self) -> int:
+        return self.torch_threads or max(1, int(self.num_cpus))
 
     @property
     def model_id(self) -> str:

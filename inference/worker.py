@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from inference.chunker import Chunker
@@ -31,7 +32,7 @@ from inference.publisher import Publisher
 from inference.request import Request
 from inference.scheduler import Scheduler
 from inference.settings import InferenceSettings
-from infra.clients import aio_producer
+from infra.clients import aio_producer, ensure_topics
 from schemas.codec import EVENT_TYPE_HEADER, decode
 from schemas.errors import EventDecodeError
 from schemas.events import CancelRequested, PromptSubmitted
@@ -80,6 +81,7 @@ class ReplicaWorker:
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
+        await asyncio.to_thread(ensure_topics, s)  # idempotent; a lone worker needs them too
         await self._producer.start()
         await self.publisher.start()
         common: dict[str, Any] = {"bootstrap_servers": s.kafka_bootstrap}
@@ -193,8 +195,13 @@ class ReplicaWorker:
             await self._full.wait()
             parts = [tp for tp in self._consumer.assignment() if tp.partition in self.assigned]
             self._peeker.assign(parts)
-            for tp in parts:
-                self._peeker.seek(tp, await self._consumer.position(tp))
+            try:
+                for tp in parts:
+                    self._peeker.seek(tp, await self._consumer.position(tp))
+            except IllegalStateError:  # a rebalance took a partition meanwhile: start over
+                self._peeker.unsubscribe()
+                await asyncio.sleep(0.1)
+                continue
             while self._full.is_set():
                 batch = await self._peeker.getmany(timeout_ms=100)
                 for records in batch.values():

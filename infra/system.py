@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.local.procs import ServiceError, read_pid, spawn, stop_pid, wait_until
+from infra.local.procs import ServiceError, port_open, read_pid, spawn, stop_pid, wait_until
 from infra.settings import InfraSettings
 
 DEFAULT_COMMAND_PORT = 8000
@@ -135,6 +135,9 @@ class System:
     def start(self, c: Component, *, wait: bool = True) -> None:
         if self.running(c):
             return
+        url = self.health_url(c)
+        if url is not None and port_open(int(url.split(":")[2].split("/")[0])):
+            raise ServiceError(f"{c.name}: {url.rsplit('/', 1)[0]} is taken by another process")
         spawn(
             [sys.executable, "-m", c.module],
             log=self.logfile(c.name),

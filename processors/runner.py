@@ -146,8 +146,8 @@ class Runner:
         inflight: asyncio.Task[None] | None = None
         try:
             while not self._stopping.is_set():
-                records = await self._fetch(consumer)
                 generation = self._generation
+                records = await self._fetch(consumer)
                 items = await self._decode_all(records)
                 if inflight is not None:
                     await inflight
@@ -222,6 +222,12 @@ class Runner:
                 await self._seek(list(self._consumer.assignment()) if self._consumer else [])
 
     async def _apply_batch(self, items: list[Item]) -> None:
+        # Records below the position already folded (fetched before a seek) are skipped.
+        items = [
+            (r, e) for r, e in items if (self.base.get((r.topic, r.partition)) or 0) <= r.offset
+        ]
+        if not items:
+            return
         positions: dict[TP, int] = {}
         for r, _ in items:
             positions[(r.topic, r.partition)] = r.offset + 1

@@ -12,8 +12,8 @@ class ProcessorSettings(InfraSettings):
     batch_max_events: int = 5000  # one fetch, one fold, one transaction
     batch_wait_ms: int = 50  # how long a fetch waits to fill a batch
     # Meilisearch pays ~0.3-0.9 s per task whatever its size: fewer, bigger batches.
-    search_batch_max_events: int = 20000
-    search_batch_wait_ms: int = 1000
+    search_batch_max_events: int = 50000
+    search_batch_wait_ms: int = 2000
     apply_retries: int = 3  # attempts at a non-transient failure before isolating poison
     metrics_port: int = 9102  # Prometheus /metrics; 0 = off
     swap_max_lag: int = 2000  # a rebuild switches over once it is this close to the live end

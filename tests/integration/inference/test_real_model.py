@@ -6,7 +6,7 @@ import pytest
 
 from inference.detok import IncrementalDetokenizer
 from schemas.events import CompletionFinished, CompletionStarted, TokenChunk
-from tests.integration.inference.conftest import prompt, produce, wait_assigned, worker
+from tests.integration.inference.conftest import produce, prompt, wait_assigned, worker
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from schemas.events import CompletionFinished, CompletionStarted, TokenChunk
-from tests.integration.inference.conftest import prompt, produce
+from tests.integration.inference.conftest import produce, prompt
 
 pytestmark = pytest.mark.slow
 

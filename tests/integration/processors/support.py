@@ -21,7 +21,8 @@ RawRecord = tuple[str, bytes, bytes | None, Headers]  # topic, key, value, heade
 
 
 def processor_settings(infra: InfraSettings, **overrides: object) -> ProcessorSettings:
-    return ProcessorSettings(**{**infra.model_dump(), "metrics_port": 0, **overrides})
+    base = {**infra.model_dump(), "metrics_port": 0, "search_batch_wait_ms": 200}
+    return ProcessorSettings(**{**base, **overrides})
 
 
 def topic_of(settings: InfraSettings, event: Event) -> str:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,13 +20,14 @@ from tests.integration.processors.support import processor_settings, publish, su
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _start(settings, **env: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "processors", "run"],
-        env=subprocess_env(settings, CHATLOG_PROJECTIONS="postgres", **env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def _start(settings, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:  # the worker's log, for a failing run's post-mortem
+        return subprocess.Popen(
+            [sys.executable, "-m", "processors", "run"],
+            env=subprocess_env(settings, CHATLOG_PROJECTIONS="postgres", **env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _log_end(settings) -> int:
@@ -52,13 +54,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def test_sigkill_mid_batch_then_restart_equals_a_rebuild_and_readers_never_see_a_gap(
-    infra_settings: InfraSettings,
+    infra_settings: InfraSettings, tmp_path: Path
 ) -> None:
     settings = processor_settings(infra_settings)
     publish(settings, workload(300))
     total = _log_end(settings)
-    T0 = time.monotonic()
-    proc = _start(settings, CHATLOG_BATCH_MAX_EVENTS="200")
+    log = tmp_path / "processors.log"
+    proc = _start(settings, log, CHATLOG_BATCH_MAX_EVENTS="200")
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -72,13 +74,12 @@ def test_sigkill_mid_batch_then_restart_equals_a_rebuild_and_readers_never_see_a
             proc.kill()
     assert 0 < _folded(settings) < total, "the kill must land part-way"
 
-    proc = _start(settings)
+    proc = _start(settings, log)
     try:
         deadline = time.monotonic() + 120
         while _folded(settings) < total:
-            assert time.monotonic() < deadline, "restarted projector did not catch up"
+            assert time.monotonic() < deadline, f"restart did not catch up; see {log}"
             time.sleep(0.2)
-        print("caught up", time.monotonic() - T0, flush=True)
         live = postgres_digest(settings)
         with psycopg.connect(settings.postgres_url) as conn:
             expected = conn.execute(READ).fetchone()

@@ -13,7 +13,9 @@ from inference.scripted import ScriptedEngine
 from schemas.events import ChatMessage, GenerationParams
 
 
-@pytest.fixture(scope="module", params=["scripted", pytest.param("transformers", marks=pytest.mark.slow)])
+@pytest.fixture(
+    scope="module", params=["scripted", pytest.param("transformers", marks=pytest.mark.slow)]
+)
 def engine(request):
     if request.param == "scripted":
         yield ScriptedEngine(token_rate=0)
@@ -25,7 +27,9 @@ def engine(request):
 
     torch.set_num_threads(2)
     try:
-        model_dir = resolve_model_dir(None, Path(os.environ.get("CHATLOG_TEST_HOME", ".chatlog/test")))
+        model_dir = resolve_model_dir(
+            None, Path(os.environ.get("CHATLOG_TEST_HOME", ".chatlog/test"))
+        )
     except ModelNotFound as exc:
         pytest.skip(str(exc))
     e = TransformersEngine(model_dir, "SmolLM2-135M-Instruct", device="cpu")
@@ -34,7 +38,9 @@ def engine(request):
 
 
 def _prepare(engine, text, **params):
-    return engine.prepare([ChatMessage("user", text)], GenerationParams(**{"max_tokens": 8, **params}))
+    return engine.prepare(
+        [ChatMessage("user", text)], GenerationParams(**{"max_tokens": 8, **params})
+    )
 
 
 def test_sequences_join_between_steps_and_leave_on_release(engine):
@@ -53,7 +59,7 @@ def test_sequences_join_between_steps_and_leave_on_release(engine):
 def test_same_seed_same_tokens_and_batching_does_not_change_greedy_output(engine):
     def run(ids_and_prompts):
         engine.reset()
-        out = {sid: [] for sid, _ in ids_and_prompts}
+        out: dict[str, list[int]] = {sid: [] for sid, _ in ids_and_prompts}
         for sid, p in ids_and_prompts:
             engine.add(sid, p)
         for _ in range(6):
@@ -63,7 +69,9 @@ def test_same_seed_same_tokens_and_batching_does_not_change_greedy_output(engine
 
     greedy = _prepare(engine, "What is two plus two?", temperature=0.0)
     alone = run([("x", greedy)])["x"]
-    batched = run([("y", _prepare(engine, "A much longer prompt, about the sea and the sky.")), ("x", greedy)])
+    batched = run(
+        [("y", _prepare(engine, "A much longer prompt, about the sea and the sky.")), ("x", greedy)]
+    )
     assert batched["x"] == alone
     sampled = _prepare(engine, "Tell me something.", temperature=0.9, top_p=0.9, seed=7)
     assert run([("s", sampled)])["s"] == run([("s", sampled)])["s"]

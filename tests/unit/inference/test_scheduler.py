@@ -40,7 +40,7 @@ class ListSink:
 
 @contextlib.asynccontextmanager
 async def running(engine, max_batch=8):
-    sink, done = ListSink(), []
+    sink, done = ListSink(), list[Request]()
     sched = Scheduler(
         engine,
         sink,
@@ -133,10 +133,14 @@ async def test_cancel_running_within_one_step_and_queued_at_once():
 
 
 async def test_batch_joins_between_steps_up_to_max():
-    engine = ScriptedEngine(token_rate=500)
-    seen = []
-    step = engine.step
-    engine.step = lambda: (seen.append(len(engine._seqs)), step())[1]
+    seen: list[int] = []
+
+    class Counting(ScriptedEngine):
+        def step(self):
+            seen.append(len(self._seqs))
+            return super().step()
+
+    engine = Counting(token_rate=500)
     async with running(engine, max_batch=3) as (sched, sink, done):
         for i in range(5):
             sched.submit(request(engine, f"r{i}", f"prompt {i}", offset=i))
