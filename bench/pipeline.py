@@ -235,6 +235,7 @@ def main() -> None:
             settings,
             command_port=18100,
             query_port=18101,
+            serve_port=18102,
             run_dir=run_dir,
             extra_env={
                 "CHATLOG_ENGINE": "scripted",

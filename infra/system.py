@@ -19,23 +19,26 @@ from infra.settings import InfraSettings
 
 DEFAULT_COMMAND_PORT = 8000
 DEFAULT_QUERY_PORT = 8001
+DEFAULT_SERVE_PORT = 8010
 
 
 @dataclass(frozen=True)
 class Component:
-    """One service process: its module, and whether it serves HTTP (then /readyz decides)."""
+    """One service process: its module, and the HTTP port/path that answers 200 when ready."""
 
     name: str
     module: str
     port_env: str | None
+    health_path: str
     start_timeout_s: float
 
 
 COMPONENTS = (
-    Component("processors", "processors", None, 60),
-    Component("inference", "inference", None, 300),
-    Component("query_api", "query_api", "CHATLOG_QUERY_PORT", 90),
-    Component("command_api", "command_api", "CHATLOG_COMMAND_PORT", 90),
+    Component("processors", "processors", None, "", 60),
+    # Serve answers once the replica's __init__ (model load, consumer start) has finished.
+    Component("inference", "inference", "CHATLOG_SERVE_HTTP_PORT", "/inference/status", 300),
+    Component("query_api", "query_api", "CHATLOG_QUERY_PORT", "/readyz", 90),
+    Component("command_api", "command_api", "CHATLOG_COMMAND_PORT", "/readyz", 90),
 )
 
 
@@ -76,6 +79,7 @@ class System:
         *,
         command_port: int | None = None,
         query_port: int | None = None,
+        serve_port: int | None = None,
         run_dir: Path | None = None,
         extra_env: dict[str, str] | None = None,
     ) -> None:
@@ -88,6 +92,9 @@ class System:
         self.query_port = query_port or int(
             os.environ.get("CHATLOG_QUERY_PORT", DEFAULT_QUERY_PORT)
         )
+        self.serve_port = serve_port or int(
+            os.environ.get("CHATLOG_SERVE_HTTP_PORT", DEFAULT_SERVE_PORT)
+        )
         self.extra_env = extra_env or {}
 
     @property
@@ -99,8 +106,14 @@ class System:
         return f"http://127.0.0.1:{self.query_port}"
 
     def health_url(self, c: Component) -> str | None:
-        port = {"CHATLOG_QUERY_PORT": self.query_port, "CHATLOG_COMMAND_PORT": self.command_port}
-        return f"http://127.0.0.1:{port[c.port_env]}/readyz" if c.port_env else None
+        return f"http://127.0.0.1:{self.ports()[c.port_env]}{c.health_path}" if c.port_env else None
+
+    def ports(self) -> dict[str, int]:
+        return {
+            "CHATLOG_QUERY_PORT": self.query_port,
+            "CHATLOG_COMMAND_PORT": self.command_port,
+            "CHATLOG_SERVE_HTTP_PORT": self.serve_port,
+        }
 
     def pidfile(self, c: Component) -> Path:
         return self.run_dir / "run" / f"{c.name}.pid"
@@ -126,8 +139,7 @@ class System:
     def env(self) -> dict[str, str]:
         return {
             **settings_env(self.settings),
-            "CHATLOG_COMMAND_PORT": str(self.command_port),
-            "CHATLOG_QUERY_PORT": str(self.query_port),
+            **{k: str(v) for k, v in self.ports().items()},
             "CHATLOG_QUERY_API_URL": self.query_url,
             **self.extra_env,
         }
@@ -135,9 +147,9 @@ class System:
     def start(self, c: Component, *, wait: bool = True) -> None:
         if self.running(c):
             return
-        url = self.health_url(c)
-        if url is not None and port_open(int(url.split(":")[2].split("/")[0])):
-            raise ServiceError(f"{c.name}: {url.rsplit('/', 1)[0]} is taken by another process")
+        if c.port_env and port_open(self.ports()[c.port_env]):
+            port = self.ports()[c.port_env]
+            raise ServiceError(f"{c.name}: port {port} ({c.port_env}) is taken by another process")
         spawn(
             [sys.executable, "-m", c.module],
             log=self.logfile(c.name),

@@ -152,8 +152,10 @@ class Runner:
                 if inflight is not None:
                     await inflight
                     inflight = None
-                if items and generation == self._generation:  # else a seek made them stale
+                if items and generation == self._generation:
                     inflight = asyncio.create_task(self._process(items))
+                elif items:  # a seek ran while they were fetched: read again from checkpoints
+                    await self.seek(list(consumer.assignment()))
                 # With a batch in flight `base` trails by it: lag reads high, never low.
                 lag = await self._observe(consumer, idle=not items)
                 if await self._reached_the_end(lag):

@@ -38,10 +38,10 @@ def system(
         settings,
         command_port=free_port(),
         query_port=free_port(),
+        serve_port=free_port(),
         run_dir=run_dir,
         extra_env={
             "CHATLOG_ENGINE": "scripted",
-            "CHATLOG_SERVE_HTTP_PORT": str(free_port()),
             "CHATLOG_SCRIPTED_TOKEN_RATE": "100",
             "CHATLOG_SCRIPTED_REPLY_REPEAT": "3",
             "CHATLOG_REPLICAS": "1",
