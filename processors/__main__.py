@@ -66,7 +66,14 @@ def _run(settings: ProcessorSettings) -> int:
     from processors.app import create_app
 
     if settings.metrics_port:
-        start_http_server(settings.metrics_port)
+        try:
+            start_http_server(settings.metrics_port)
+        except OSError as exc:  # a second instance on this host: project on, unobserved
+            logging.getLogger("processors").warning(
+                "metrics port %d unavailable (%s); set CHATLOG_METRICS_PORT",
+                settings.metrics_port,
+                exc,
+            )
     worker = faust.Worker(create_app(settings), loglevel="INFO", quiet=True)
     worker.execute_from_commandline()
     return 0
