@@ -7,6 +7,11 @@ times over at 100 tokens (bytes) per second, so every expected text is known.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -15,11 +20,14 @@ import pytest
 from confluent_kafka import Consumer
 
 from infra.settings import InfraSettings
+from infra.system import System
 from schemas import PromptSubmitted, decode
 from tests.e2e.conftest import SCRIPTED_MODEL, User
 from tests.e2e.sse import eventually, read_until_end, text_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+DELETED: list[str] = []  # conversations deleted by a test, checked again after the rebuild
 
 
 def echo(prompt: str) -> str:
@@ -159,7 +167,72 @@ def test_deleted_conversation_is_gone_from_history_and_search(alice: User) -> No
     assert eventually(lambda: conv in search_ids(alice, word))
 
     assert alice.command.delete(f"/v1/conversations/{conv}").status_code in (200, 202, 204)
+    DELETED.append(conv)
     eventually(lambda: alice.query.get(f"/v1/conversations/{conv}").status_code == 404)
     eventually(lambda: conv not in search_ids(alice, word))
     listed = alice.query.get("/v1/conversations", params={"limit": 100}).json()["data"]
     assert conv not in {c["id"] for c in listed}
+
+
+def processors(system: System, *args: str) -> str:
+    """Run a `python -m processors` operator command against the running system."""
+    done = subprocess.run(
+        [sys.executable, "-m", "processors", *args],
+        env={**os.environ, **system.env()},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def settled_digest(system: System, projection: str) -> dict[str, str]:
+    """The digest once the projection has caught up (two equal digests in a row)."""
+    previous = None
+    for _ in range(60):
+        current = json.loads(processors(system, "digest", "--projection", projection))
+        if current == previous:
+            return current
+        previous = current
+        time.sleep(0.5)
+    raise AssertionError(f"{projection} digest never settled")
+
+
+def test_rebuilding_every_projection_while_clients_read_keeps_the_digest(
+    alice: User, system: System
+) -> None:
+    accepted = submit(alice, "one more before the rebuild")
+    read_until_end(alice.query, accepted["stream_url"])
+    eventually(lambda: assistant_message(alice, accepted["conversation_id"]))
+    before = {p: settled_digest(system, p) for p in ("postgres", "search")}
+    assert int(before["search"]["documents"]) > 0
+
+    seen: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            resp = alice.query.get("/v1/conversations", params={"limit": 100})
+            seen.append((resp.status_code, len(resp.json().get("data", []))))
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        processors(system, "replay", "--projection", "postgres", "--quiet")
+        processors(system, "replay", "--projection", "search", "--quiet")
+    finally:
+        stop.set()
+        thread.join()
+
+    after = {p: settled_digest(system, p) for p in ("postgres", "search")}
+    assert after == before
+    assert seen and {status for status, _ in seen} == {200}
+    assert min(count for _, count in seen) == max(count for _, count in seen) > 0
+    for conv in DELETED:
+        assert alice.query.get(f"/v1/conversations/{conv}").status_code == 404
+    # The rebuilt read model keeps serving new work.
+    accepted = submit(alice, "after the rebuild")
+    assert text_of(read_until_end(alice.query, accepted["stream_url"])) == echo("after the rebuild")
+    eventually(lambda: assistant_message(alice, accepted["conversation_id"]))
