@@ -8,6 +8,7 @@ import psycopg
 
 from processors.checkpoints import fence, read_checkpoints, write_checkpoints
 from processors.fold import fold_batch
+from processors.pg_session import PgSession
 from processors.pg_store import LIVE_SCHEMA, load_state, write_state
 from processors.settings import ProcessorSettings
 from schemas.events import (
@@ -34,17 +35,11 @@ class PostgresProjection:
         self.batch_max_events = settings.batch_max_events
         self.batch_wait_ms = settings.batch_wait_ms
         self.event_types: frozenset[str] | None = None
-        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._session = PgSession(settings.postgres_url)
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:
         """The projection's connection, reopened after an outage."""
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            if self._conn is not None:
-                await self._conn.close()
-            self._conn = await psycopg.AsyncConnection.connect(
-                self.settings.postgres_url, connect_timeout=5, autocommit=True
-            )
-        return self._conn
+        return await self._session.connection()
 
     async def stored_positions(self) -> dict[TP, int]:
         return await read_checkpoints(await self.connection(), NAME, self.schema)
@@ -77,5 +72,4 @@ class PostgresProjection:
             await write_checkpoints(conn, NAME, positions, self.schema)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
+        await self._session.close()

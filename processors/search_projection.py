@@ -21,6 +21,7 @@ import psycopg
 
 from processors.checkpoints import fence, read_checkpoints, write_checkpoints
 from processors.errors import SearchUnavailable
+from processors.pg_session import PgSession
 from processors.pg_store import LIVE_SCHEMA
 from processors.settings import ProcessorSettings
 from schemas.events import (
@@ -100,16 +101,11 @@ class SearchProjection:
             )
         )
         self.client = meilisearch.Client(settings.meili_url or "", settings.meili_key, timeout=30)
-        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._session = PgSession(settings.postgres_url)
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            if self._conn is not None:
-                await self._conn.close()
-            self._conn = await psycopg.AsyncConnection.connect(
-                self.settings.postgres_url, connect_timeout=5, autocommit=True
-            )
-        return self._conn
+        """The projection's connection, reopened after an outage."""
+        return await self._session.connection()
 
     async def stored_positions(self) -> dict[TP, int]:
         return await read_checkpoints(await self.connection(), self.checkpoint_name)
@@ -180,5 +176,4 @@ class SearchProjection:
             await asyncio.sleep(0.05)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
+        await self._session.close()
