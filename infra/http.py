@@ -7,8 +7,10 @@ once; every error, including FastAPI's own validation errors, leaves as
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -94,6 +96,20 @@ def install_error_handlers(app: FastAPI) -> None:
         message = f"{param}: {first.get('msg')}" if param else str(first.get("msg", "invalid"))
         return JSONResponse(
             error_body(message, "invalid_request_error", "invalid_value", param), status_code=400
+        )
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def _database_down(_: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        # Postgres refused, shut down or the pool timed out: the service is unavailable
+        # for now (503), not broken (500).
+        logging.getLogger(__name__).warning("Postgres unavailable: %s", exc)
+        return JSONResponse(
+            error_body(
+                "The database is unavailable; retry later.",
+                Unavailable.type,
+                "database_unavailable",
+            ),
+            status_code=Unavailable.status,
         )
 
     @app.exception_handler(StarletteHTTPException)

@@ -1,7 +1,7 @@
 """Projection lag: how far each projection's Postgres checkpoint trails the log's end.
 
 Read straight from `chatlog.projection_checkpoints` and the brokers' high watermarks, so
-operators' tools need neither the processors' code nor their process.
+operators' tools (`chatlog status`, `python -m processors status`) need no projection code.
 """
 
 from __future__ import annotations
@@ -13,40 +13,48 @@ from confluent_kafka import Consumer, TopicPartition
 from infra.clients import pg_connect
 from infra.settings import InfraSettings
 
+PROJECTIONS = ("postgres", "search")
+
 
 @dataclass(frozen=True)
 class PartitionLag:
     projection: str
     topic: str
     partition: int
-    checkpoint: int
+    checkpoint: int | None  # next offset to fold; None: nothing folded yet
     log_end: int
 
     @property
     def lag(self) -> int:
-        return max(0, self.log_end - self.checkpoint)
+        return max(0, self.log_end - (self.checkpoint or 0))
 
 
 def projection_lags(settings: InfraSettings) -> list[PartitionLag]:
-    """Checkpoint vs log end for every (projection, topic, partition) that has a checkpoint."""
+    """Checkpoint vs log end for every projection and partition of the topics they fold."""
     with pg_connect(settings) as conn:
         rows = conn.execute(
             'SELECT projection, topic, partition, "offset" FROM chatlog.projection_checkpoints'
-            " ORDER BY projection, topic, partition"
         ).fetchall()
-    if not rows:
-        return []
+    stored = {(p, t, n): o for p, t, n, o in rows}
     consumer = Consumer(
         {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "chatlog-lag-probe"}
     )
     try:
-        out = []
-        for projection, topic, partition, offset in rows:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            out.append(PartitionLag(projection, topic, partition, offset, high))
-        return out
+        meta = consumer.list_topics(timeout=10)
+        ends: dict[tuple[str, int], int] = {}
+        for topic in (settings.topics.conversations, settings.topics.completions):
+            partitions = meta.topics[topic].partitions if topic in meta.topics else {}
+            for p in sorted(partitions):
+                _, ends[(topic, p)] = consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=10
+                )
     finally:
         consumer.close()
+    return [
+        PartitionLag(projection, topic, p, stored.get((projection, topic, p)), end)
+        for projection in PROJECTIONS
+        for (topic, p), end in sorted(ends.items())
+    ]
 
 
 def total_lag_by_projection(settings: InfraSettings) -> dict[str, int]:

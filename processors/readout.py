@@ -8,8 +8,8 @@ from typing import Any
 
 import meilisearch
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
 
+from infra.lag import projection_lags
 from processors.pg_store import LIVE_SCHEMA, checked_schema
 from processors.settings import ProcessorSettings
 from schemas.resources import MESSAGES_INDEX
@@ -76,26 +76,14 @@ def search_digest(settings: ProcessorSettings) -> dict[str, str]:
 
 def status_rows(settings: ProcessorSettings) -> list[dict[str, Any]]:
     """Per projection and partition: stored checkpoint, log end and the lag between."""
-    with psycopg.connect(settings.postgres_url) as conn:
-        rows = conn.execute(
-            f'SELECT projection, topic, partition, "offset" FROM {LIVE_SCHEMA}.projection_checkpoints'
-        ).fetchall()
-    stored = {(p, t, n): o for p, t, n, o in rows}
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "status"})
-    try:
-        topics = [settings.topics.conversations, settings.topics.completions]
-        meta = consumer.list_topics(timeout=10)
-        ends: dict[tuple[str, int], int] = {}
-        for t in topics:
-            for p in sorted(meta.topics[t].partitions) if t in meta.topics else []:
-                _lo, hi = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)
-                ends[(t, p)] = hi
-    finally:
-        consumer.close()
-    out = []
-    for projection in ("postgres", "search"):
-        for (t, p), end in sorted(ends.items()):
-            cp = stored.get((projection, t, p))
-            out.append({"projection": projection, "topic": t, "partition": p,
-                        "checkpoint": cp, "end": end, "lag": end - (cp or 0)})  # fmt: skip
-    return out
+    return [
+        {
+            "projection": r.projection,
+            "topic": r.topic,
+            "partition": r.partition,
+            "checkpoint": r.checkpoint,
+            "end": r.log_end,
+            "lag": r.lag,
+        }
+        for r in projection_lags(settings)
+    ]
