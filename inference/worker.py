@@ -93,7 +93,7 @@ class ReplicaWorker:
         await self._peeker.start()
         self._consumer = AIOKafkaConsumer(
             **common,
-            group_id=s.consumer_group,
+            group_id=s.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=s.session_timeout_ms,

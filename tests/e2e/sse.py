@@ -25,7 +25,7 @@ def events(
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     with client.stream("GET", url, headers=headers, timeout=60) as resp:
         assert resp.status_code == 200, resp.read()
-        event, event_id, data = "message", None, []
+        event, event_id, data = "message", None, list[str]()
         for line in resp.iter_lines():
             if line == "":
                 if data:

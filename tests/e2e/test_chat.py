@@ -38,7 +38,8 @@ def submit(user: User, content: str, **extra: Any) -> dict[str, Any]:
     body = {"model": SCRIPTED_MODEL, "messages": [{"role": "user", "content": content}], **extra}
     resp = user.command.post("/v1/chat/completions", json=body, headers={"Prefer": "respond-async"})
     assert resp.status_code == 202, resp.text
-    return resp.json()
+    accepted: dict[str, Any] = resp.json()
+    return accepted
 
 
 def assistant_message(user: User, conversation_id: str) -> dict[str, Any] | None:
@@ -191,7 +192,9 @@ def settled_digest(system: System, projection: str) -> dict[str, str]:
     """The digest once the projection has caught up (two equal digests in a row)."""
     previous = None
     for _ in range(60):
-        current = json.loads(processors(system, "digest", "--projection", projection))
+        current: dict[str, str] = json.loads(
+            processors(system, "digest", "--projection", projection)
+        )
         if current == previous:
             return current
         previous = current

@@ -10,7 +10,7 @@ from confluent_kafka import Consumer, Producer
 
 from infra.clients import producer_config
 from infra.settings import InfraSettings
-from schemas import decode, encode
+from schemas import Event, decode, encode
 from tests.unit.schemas.test_codec import SAMPLES
 
 pytestmark = pytest.mark.integration
@@ -54,7 +54,8 @@ def test_every_event_round_trips_through_kafka_in_order_per_key(
         }
     )
     consumer.subscribe([topic])
-    received, deadline = [], time.monotonic() + 60
+    received: list[Event] = []
+    deadline = time.monotonic() + 60
     while len(received) < len(sent) and time.monotonic() < deadline:
         msg = consumer.poll(0.5)
         if msg is None or msg.error():
@@ -66,7 +67,7 @@ def test_every_event_round_trips_through_kafka_in_order_per_key(
             partition=msg.partition(),
             offset=msg.offset(),
         )
-        assert msg.key().decode() == event.key
+        assert msg.key() == event.key.encode()
         received.append(event)
     consumer.close()
     assert sorted(e.event_id for e in received) == sorted(e.event_id for e in sent)

@@ -67,7 +67,8 @@ def test_start_status_stop_start_keeps_data(stack: LocalStack) -> None:
         }
     )
     consumer.subscribe([topic])
-    values, deadline = [], time.monotonic() + 30
+    values: list[bytes | None] = []
+    deadline = time.monotonic() + 30
     while not values and time.monotonic() < deadline:
         msg = consumer.poll(0.5)
         if msg is not None and not msg.error():

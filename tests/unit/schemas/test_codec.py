@@ -6,6 +6,7 @@ import copy
 import io
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import fastavro
 import pytest
@@ -130,12 +131,15 @@ def test_a_writer_without_a_defaulted_field_decodes_with_the_reader_default(monk
     assert (event.title, event.traceparent) == ("t", None)
 
 
-def _raw_schema(name: str) -> dict:
+def _raw_schema(name: str) -> dict[str, Any]:
     from pathlib import Path
 
     import schemas
 
-    return json.loads((Path(schemas.__file__).parent / "avro" / f"{name}.v1.avsc").read_text())
+    raw: dict[str, Any] = json.loads(
+        (Path(schemas.__file__).parent / "avro" / f"{name}.v1.avsc").read_text()
+    )
+    return raw
 
 
 def test_unknown_event_type_is_a_typed_error_naming_its_position() -> None:
