@@ -17,6 +17,10 @@ def main() -> None:
         create_app(settings),
         host=settings.query_host,
         port=settings.query_port,
+        # what "auto" picks when installed, pinned so that a missing wheel fails loudly
+        # instead of silently halving the SSE fan-out rate (asyncio loop + h11)
+        loop="uvloop",
+        http="httptools",
         log_level="warning",
         timeout_graceful_shutdown=5,  # open SSE streams would otherwise hold shutdown
         access_log=False,

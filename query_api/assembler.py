@@ -9,7 +9,7 @@ Pure and synchronous, so every ordering rule is unit-tested without services.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from query_api.events import Position, StreamEvent
@@ -23,6 +23,7 @@ class Out:
     id: str | None
     data: dict[str, Any]
     occurred_at: float = 0.0
+    wire: bytes = field(default=b"", compare=False, repr=False)  # the frame, pre-encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,7 @@ class Assembler:
                         "token_count": ev.token_count,
                     },
                     ev.occurred_at,
+                    ev.wire,
                 )
             )
         elif ev.kind == "done":

@@ -31,6 +31,8 @@ class StreamEvent:
     occurred_at: float = 0.0  # epoch seconds when produced (delivery-lag metric)
     anchored: bool = True
     first_seq: int | None = None
+    # a chunk's SSE frame, pre-encoded once by the hub for all its subscribers (b"": none)
+    wire: bytes = field(default=b"", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
 from query_api.events import StreamEvent
 from query_api.settings import QuerySettings
+from query_api.sse import chunk_frame
 from schemas import codec
 from schemas.errors import EventDecodeError
 from schemas.events import (
@@ -38,6 +39,12 @@ from schemas.events import (
 
 log = logging.getLogger(__name__)
 
+# the event types the hub folds, per topic; others are skipped without decoding their body
+COMPLETION_TYPES = frozenset(
+    c.event_type for c in (CompletionStarted, TokenChunk, CompletionFinished, CompletionFailed)
+)
+OWNER_TYPES = frozenset({PromptSubmitted.event_type})
+
 
 @dataclass(frozen=True, slots=True)
 class Owner:
@@ -47,12 +54,49 @@ class Owner:
 
 
 class Subscriber:
-    """One SSE client of one request: a bounded queue the hub never waits on."""
+    """One SSE client of one request: a bounded buffer the hub never waits on.
+
+    Lighter than an `asyncio.Queue` (no getter/putter deques, no per-get future): the hub
+    appends and resolves at most one waiting future; the stream takes everything pending
+    in one go. `wake()` also lets a timer (heartbeats, polls) rouse a waiting stream.
+    """
+
+    __slots__ = ("_waiter", "maxsize", "overflowed", "pending", "request_id")
 
     def __init__(self, request_id: str, maxsize: int) -> None:
         self.request_id = request_id
-        self.queue: asyncio.Queue[StreamEvent] = asyncio.Queue(maxsize)
+        self.maxsize = maxsize
+        self.pending: list[StreamEvent] = []
         self.overflowed = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def push(self, event: StreamEvent) -> bool:
+        """Queue an event for the stream; False (nothing queued) when the buffer is full."""
+        if len(self.pending) >= self.maxsize:
+            return False
+        self.pending.append(event)
+        self.wake()
+        return True
+
+    def take(self) -> list[StreamEvent]:
+        """Everything pending, oldest first (empty when nothing is)."""
+        batch, self.pending = self.pending, []
+        return batch
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until something is pending, the subscriber overflowed, or `wake()` was called."""
+        if self.pending or self.overflowed:
+            return
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
 
 
 @dataclass
@@ -114,7 +158,12 @@ class Hub:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="latest",
-            fetch_max_wait_ms=20,
+            # Let the broker gather a batch for up to `hub_fetch_wait_ms` (or until
+            # `hub_fetch_min_bytes`) instead of answering every fetch with the one record
+            # that just arrived: aiokafka parses each fetch response in Python, so a
+            # trickle of tiny fetches cost more CPU than the records in them.
+            fetch_min_bytes=self._settings.hub_fetch_min_bytes,
+            fetch_max_wait_ms=self._settings.hub_fetch_wait_ms,
         )
         await consumer.start()
         try:
@@ -162,10 +211,12 @@ class Hub:
                 if records:
                     self._positions[tp] = records[-1].offset + 1
                 for record in records:
+                    wanted = COMPLETION_TYPES if tp.topic == completions else OWNER_TYPES
                     try:
-                        event = codec.decode(
+                        event = codec.decode_if(
                             record.value,
                             record.headers,
+                            wanted,
                             topic=tp.topic,
                             partition=tp.partition,
                             offset=record.offset,
@@ -173,6 +224,8 @@ class Hub:
                     except EventDecodeError as exc:  # the processors dead-letter it
                         self.decode_errors += 1
                         log.warning("hub skipped undecodable record: %s", exc)
+                        continue
+                    if event is None:  # a type the hub ignores, skipped by its header
                         continue
                     if tp.topic == completions:
                         self._fold(event, tp.partition, record.offset)
@@ -241,6 +294,11 @@ class Hub:
                 occurred_at=at,
                 anchored=buf.anchored,
                 first_seq=buf.first_seq,
+                # the SSE bytes, encoded once and shared by every subscriber watching now
+                # (unwatched: a later subscriber formats its snapshot itself)
+                wire=chunk_frame(rid, attempt, event.seq, event.text, event.token_count)
+                if rid in self._subscribers
+                else b"",
             )
         if isinstance(event, CompletionFinished):
             model = buf.model or (o.model if (o := self._owners.get(rid)) else None)
@@ -287,14 +345,13 @@ class Hub:
         subs = self._subscribers.get(request_id)
         if not subs:
             return
-        for sub in list(subs):
-            try:
-                sub.queue.put_nowait(event)
-            except asyncio.QueueFull:
+        for sub in tuple(subs):
+            if not sub.push(event):
                 # never wait for a slow client: drop it; its stream tells it to reconnect
                 sub.overflowed = True
                 self.overflows += 1
                 self.unsubscribe(sub)
+                sub.wake()
 
     # -- subscribers ------------------------------------------------------------------------
     def subscribe(self, request_id: str) -> tuple[Subscriber, Snapshot | None]:
@@ -316,6 +373,12 @@ class Hub:
 
     def owner(self, request_id: str) -> Owner | None:
         return self._owners.get(request_id)
+
+    def saw_submitted(self, request_id: str) -> bool:
+        """The hub read this request's PromptSubmitted itself (it tails the log from its
+        start), so every completion event of the request lies after the hub joined the
+        log: the hub will see its end, and nobody needs to poll Postgres for it."""
+        return request_id in self._owners
 
     def position_of(self, request_id: str) -> tuple[int, int] | None:
         """(partition, first offset the hub saw) of a request it has events of."""

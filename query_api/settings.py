@@ -11,9 +11,14 @@ class QuerySettings(InfraSettings):
     query_host: str = "127.0.0.1"
     query_port: int = 8001
     query_pool_size: int = 10
+    # a read waits this long for a Postgres connection, then answers 503 (never hangs)
+    query_pool_timeout_s: float = 5.0
     # start-up: wait for Postgres and Kafka this many times, `startup_backoff_s` apart
     startup_attempts: int = 30
     startup_backoff_s: float = 1.0
+    # the hub's fetches: at most this much added delay, to batch records per fetch
+    hub_fetch_wait_ms: int = 10
+    hub_fetch_min_bytes: int = 65536
     # SSE
     heartbeat_s: float = 15.0
     client_queue_size: int = 256  # events a slow client may lag before it is told to reconnect

@@ -54,51 +54,82 @@ class StreamSession:
                 yield data
             if self._asm.finished:
                 return
-            async for chunk in self._live(sub, polling=snap is None):
+            # Poll Postgres while idle only for a finish the hub may never see (a request
+            # older than the hub); 1,000 queued clients polling would starve the pool.
+            polling = snap is None and not self._hub.saw_submitted(self._request_id)
+            async for chunk in self._live(sub, polling=polling):
                 yield chunk
         finally:
             self._hub.unsubscribe(sub)
 
     async def _live(self, sub: Subscriber, *, polling: bool) -> AsyncIterator[bytes]:
         s = self._settings
+        loop = asyncio.get_running_loop()
         last_write = time.monotonic()
-        while not self._asm.finished:
-            if sub.overflowed:
-                self._metrics.overflows.inc()
-                yield error_frame(
-                    "Client too slow: reconnect with Last-Event-ID: "
-                    f"{self._asm.last_id or ''} to resume.",
-                    "slow_consumer",
-                )
-                return
-            batch: list[StreamEvent] = []
-            while not sub.queue.empty():
-                batch.append(sub.queue.get_nowait())
-            if not batch:
-                # the hub has nothing of this request yet: a finish it never saw (before it
-                # joined the log) reaches Postgres only, so re-check Postgres while idle
-                wait = min(s.heartbeat_s, s.idle_poll_s) if polling else s.heartbeat_s
-                try:
-                    async with asyncio.timeout(wait):  # no task per wait, unlike wait_for
-                        batch.append(await sub.queue.get())
-                except TimeoutError:
-                    if polling:
-                        _, pg_events = await self._durable.state(self._request_id)
-                        batch.extend(pg_events)
-                    if not batch and time.monotonic() - last_write >= s.heartbeat_s:
-                        last_write = time.monotonic()
-                        yield PING
+        # One timer per idle period (heartbeat, or the Postgres poll of a request the hub
+        # has nothing of), re-armed only when it fires: not a timer per awaited event.
+        timer: asyncio.TimerHandle | None = None
+        ticked = False
+
+        def tick() -> None:
+            nonlocal timer, ticked
+            timer, ticked = None, True
+            sub.wake()
+
+        try:
+            while not self._asm.finished:
+                if sub.overflowed:
+                    self._metrics.overflows.inc()
+                    yield error_frame(
+                        "Client too slow: reconnect with Last-Event-ID: "
+                        f"{self._asm.last_id or ''} to resume.",
+                        "slow_consumer",
+                    )
+                    return
+                batch = sub.take()
+                if not batch:
+                    if timer is None:
+                        due = last_write + s.heartbeat_s - time.monotonic()
+                        wait = min(due, s.idle_poll_s) if polling else due
+                        timer = loop.call_later(max(0.0, wait), tick)
+                    await sub.wait()
+                    batch = sub.take()
                     if not batch:
-                        continue
-            polling = polling and not any(e.occurred_at for e in batch)
-            try:
-                data = await self._feed_all(batch)
-            except StreamIncomplete as exc:
-                yield self._incomplete(exc)
-                return
-            if data:
-                last_write = time.monotonic()
-                yield data
+                        if not ticked:
+                            continue  # woken by an overflow: checked at the top
+                        ticked = False
+                        # the hub has nothing of this request yet: a finish it never saw
+                        # (before it joined the log) reaches Postgres only, so re-check it
+                        if polling:
+                            batch.extend(await self._poll())
+                        now = time.monotonic()
+                        if not batch and now - last_write >= s.heartbeat_s:
+                            last_write = now
+                            yield PING
+                        if not batch:
+                            continue
+                polling = polling and not any(e.occurred_at for e in batch)
+                try:
+                    data = await self._feed_all(batch)
+                except StreamIncomplete as exc:
+                    yield self._incomplete(exc)
+                    return
+                if data:
+                    last_write = time.monotonic()
+                    yield data
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def _poll(self) -> list[StreamEvent]:
+        """Postgres' events of the request; none when it cannot answer now (pool timeout,
+        connection loss): the stream keeps waiting and polls again on its next tick."""
+        try:
+            _, events = await self._durable.state(self._request_id)
+        except Exception as exc:  # psycopg/psycopg_pool raise several types
+            log.debug("stream %s: poll failed: %r", self._request_id, exc)
+            return []
+        return events
 
     async def _feed_all(self, events: list[StreamEvent]) -> bytes:
         outs: list[Out] = []
@@ -114,9 +145,10 @@ class StreamSession:
             if self._asm.finished:
                 break
         now = time.time()
+        observe = self._metrics.delivery_lag.observe
         for out in outs:
             if out.occurred_at:
-                self._metrics.delivery_lag.observe(max(0.0, now - out.occurred_at))
+                observe(max(0.0, now - out.occurred_at))
         return b"".join(frame(o) for o in outs)
 
     def _incomplete(self, exc: StreamIncomplete) -> bytes:

@@ -33,7 +33,7 @@ def test_snapshot_and_queue_are_complementary() -> None:
     assert snap is not None and snap.anchored and [e.seq for e in snap.events] == [0]
     hub._fold(tok(1, 1), 3, 12)
     hub._fold(tok(1, 1), 3, 13)  # redelivered duplicate
-    assert [sub.queue.get_nowait().seq for _ in range(sub.queue.qsize())] == [1]
+    assert [e.seq for e in sub.take()] == [1] and sub.take() == []
     assert hub.position_of(RID) == (3, 10)
 
 
@@ -58,8 +58,7 @@ def test_a_slow_subscriber_is_dropped_without_slowing_others() -> None:
     fast, _ = hub.subscribe(RID)
     for seq in range(3):
         hub._fold(tok(1, seq), 0, seq)
-        while not fast.queue.empty():
-            fast.queue.get_nowait()
+        fast.take()
     assert slow.overflowed and not fast.overflowed
     assert hub.subscriber_count == 1 and hub.overflows == 1
 

@@ -55,3 +55,10 @@ def test_a_wanted_unknown_version_is_a_typed_error() -> None:
     assert headers
     with pytest.raises(UnknownEventType):
         decode_if(value, bumped, frozenset({"TokenChunk"}))
+
+
+def test_an_unhashable_header_value_takes_the_checked_path() -> None:
+    event = next(e for e in SAMPLES if isinstance(e, TokenChunk))
+    value, _ = encode(event)
+    headers = [("event-type", bytearray(b"TokenChunk")), ("schema-version", b"1")]
+    assert decode_if(value, headers, frozenset({"TokenChunk"})) == event  # type: ignore[arg-type]
