@@ -7,6 +7,10 @@
 - `command.admit(...)`: the atomic admission of one prompt (rate limit, concurrency cap,
   conversation ownership/concurrency, request row) under a per-user advisory lock, so every
   command API process shares the limits and one round trip decides.
+- `command.admit_prompt(...)`: `command.admit` that also resolves the caller's API key when
+  the process has no cached user for it, so a prompt costs one round trip either way.
+- `command.admit_batch(...)`: many `admit_prompt`s in one transaction (group commit, see
+  `batching.py`), deadlock-free.
 """
 
 from __future__ import annotations
@@ -104,6 +108,66 @@ BEGIN
     VALUES (p_request, p_user, p_conversation, t);
     RETURN QUERY SELECT 'ok'::text, v_used + 1,
         extract(epoch FROM t - coalesce(v_oldest, t))::double precision, v_running + 1;
+END
+$$;
+
+-- p_user NULL: resolve it from the key hash first ('unauthorized' when no live key).
+-- A new name rather than a new signature for command.admit, so processes still running the
+-- previous version keep working during a rolling restart.
+CREATE OR REPLACE FUNCTION command.admit_prompt(
+    p_key_hash text, p_user text, p_request text, p_conversation text, p_new boolean,
+    p_expected_last text, p_limit integer, p_window_s double precision, p_cap integer,
+    p_horizon_s double precision
+) RETURNS TABLE (verdict text, used integer, oldest_age_s double precision, running integer,
+                 user_id text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_user text := p_user;
+BEGIN
+    IF v_user IS NULL THEN
+        SELECT k.user_id INTO v_user FROM command.api_keys k
+         WHERE k.key_hash = p_key_hash AND k.revoked_at IS NULL;
+        IF v_user IS NULL THEN
+            RETURN QUERY SELECT 'unauthorized'::text, 0, 0::double precision, 0, NULL::text;
+            RETURN;
+        END IF;
+    END IF;
+    RETURN QUERY SELECT a.verdict, a.used, a.oldest_age_s, a.running, v_user
+        FROM command.admit(v_user, p_request, p_conversation, p_new, p_expected_last,
+                           p_limit, p_window_s, p_cap, p_horizon_s) a;
+END
+$$;
+
+-- Several admissions in one transaction (group commit), each exactly as admit_prompt
+-- decides it; results in input order (ord). Users are locked in one global order (their
+-- lock key, hashtext), so two concurrent batches cannot deadlock; a single admission holds
+-- one lock only, so it cannot take part in a cycle either.
+CREATE OR REPLACE FUNCTION command.admit_batch(
+    p_key_hashes text[], p_users text[], p_requests text[], p_conversations text[],
+    p_new boolean[], p_expected_last text[], p_limit integer, p_window_s double precision,
+    p_cap integer, p_horizon_s double precision
+) RETURNS TABLE (ord integer, verdict text, used integer, oldest_age_s double precision,
+                 running integer, user_id text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    rec record;
+BEGIN
+    FOR rec IN
+        SELECT i.n, coalesce(p_users[i.n], k.user_id) AS uid
+          FROM generate_subscripts(p_requests, 1) AS i(n)
+          LEFT JOIN command.api_keys k
+            ON p_users[i.n] IS NULL AND k.key_hash = p_key_hashes[i.n] AND k.revoked_at IS NULL
+         ORDER BY hashtext(coalesce(p_users[i.n], k.user_id)), i.n
+    LOOP
+        IF rec.uid IS NULL THEN
+            RETURN QUERY SELECT rec.n, 'unauthorized'::text, 0, 0::double precision, 0, NULL::text;
+        ELSE
+            RETURN QUERY SELECT rec.n, a.verdict, a.used, a.oldest_age_s, a.running, rec.uid
+                FROM command.admit(rec.uid, p_requests[rec.n], p_conversations[rec.n],
+                                   p_new[rec.n], p_expected_last[rec.n], p_limit, p_window_s,
+                                   p_cap, p_horizon_s) a;
+        END IF;
+    END LOOP;
 END
 $$;
 """

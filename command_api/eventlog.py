@@ -57,11 +57,15 @@ class KafkaEventLog:
 
     def _new_producer(self) -> AIOKafkaProducer:
         request_ms = max(1000, int(self._timeout_s * 1000))
+        tuning: dict[str, int] = {}
+        if self._settings.kafka_linger_ms is not None:
+            tuning["linger_ms"] = self._settings.kafka_linger_ms
         return aio_producer(
             self._settings,
             request_timeout_ms=request_ms,  # also the TTL of a batch that has no leader
             metadata_max_age_ms=60_000,
             retry_backoff_ms=50,
+            **tuning,
         )
 
     async def start(self, wait_s: float, *, required: bool) -> None:

@@ -24,7 +24,7 @@ from command_api.readmodel import ReadModel, compose
 from command_api.settings import CommandSettings
 from command_api.store import Admission, CommandStore, body_hash
 from command_api.validation import PromptRequest
-from infra.http import BadRequest, NotFound, RateLimited
+from infra.http import BadRequest, NotFound, RateLimited, Unauthorized
 from schemas import ChatMessage, PromptSubmitted
 
 
@@ -38,6 +38,7 @@ class Accepted:
     created: int
     rate_headers: dict[str, str]
     replayed: bool = False
+    user_id: str | None = None  # the caller, as admission resolved it
 
     @property
     def stream_url(self) -> str:
@@ -86,16 +87,23 @@ class PromptService:
     async def submit(
         self,
         *,
-        user_id: str,
+        user_id: str | None,
+        key_hash: str = "",
         prompt: PromptRequest,
         raw: bytes,
         idempotency_key: str | None,
         traceparent: str,
     ) -> Accepted:
-        """Accept a prompt (or replay the one accepted under the same Idempotency-Key)."""
+        """Accept a prompt (or replay the one accepted under the same Idempotency-Key).
+
+        `user_id` may be None (the caller's key not cached) only for a new conversation
+        without Idempotency-Key: admission then resolves `key_hash` in the same round trip.
+        """
         request_id = new_request_id()
         if idempotency_key is None:
-            return await self._accept(user_id, prompt, request_id, None, traceparent)
+            return await self._accept(user_id, key_hash, prompt, request_id, None, traceparent)
+        if user_id is None:
+            raise ValueError("an Idempotency-Key needs the caller resolved first")
         if len(idempotency_key) > 255:
             raise BadRequest("Idempotency-Key over 255 characters.", param="Idempotency-Key")
         digest = canonical_hash(raw)
@@ -114,7 +122,9 @@ class PromptService:
                 r["id"], r["conversation_id"], r["model"], r["created"], {}, replayed=True
             )
         try:
-            accepted = await self._accept(user_id, prompt, request_id, idempotency_key, traceparent)
+            accepted = await self._accept(
+                user_id, key_hash, prompt, request_id, idempotency_key, traceparent
+            )
         except BaseException:
             await asyncio.shield(self._store.release_key(user_id, idempotency_key, request_id))
             raise
@@ -123,7 +133,8 @@ class PromptService:
 
     async def _accept(
         self,
-        user_id: str,
+        user_id: str | None,
+        key_hash: str,
         prompt: PromptRequest,
         request_id: str,
         idempotency_key: str | None,
@@ -140,12 +151,16 @@ class PromptService:
             )
         admission = await self._store.admit(
             user_id=user_id,
+            key_hash=key_hash,
             request_id=request_id,
             conversation_id=conversation_id,
             new_conversation=new,
             expected_last=expected_last,
         )
         self._refuse_unless_admitted(admission)
+        user_id = admission.user_id
+        if user_id is None:  # admitted means the caller was resolved
+            raise RuntimeError("command.admit_prompt admitted an unknown caller")
         event = PromptSubmitted(
             request_id=request_id,
             conversation_id=conversation_id,
@@ -166,6 +181,7 @@ class PromptService:
             prompt.model,
             int(time.time()),
             ratelimit.headers(admission.window),
+            user_id=user_id,
         )
 
     async def _append_or_revoke(
@@ -183,7 +199,7 @@ class PromptService:
             raise
 
     async def _context(
-        self, user_id: str, prompt: PromptRequest
+        self, user_id: str | None, prompt: PromptRequest
     ) -> tuple[str, str | None, str | None, tuple[ChatMessage, ...]]:
         """(conversation id, its last request, parent request, full context)."""
         if prompt.conversation_id is None:
@@ -192,6 +208,8 @@ class PromptService:
                     "parent_request_id needs a conversation_id.", param="parent_request_id"
                 )
             return new_conversation_id(), None, None, prompt.messages
+        if user_id is None:
+            raise ValueError("a continuation needs the caller resolved first")
         conv = await self._store.conversation(prompt.conversation_id, user_id)
         if conv is None:
             raise NotFound("No such conversation.", param="conversation_id")
@@ -215,6 +233,8 @@ class PromptService:
     def _refuse_unless_admitted(self, admission: Admission) -> None:
         if admission.verdict == "ok":
             return
+        if admission.verdict == "unauthorized":
+            raise Unauthorized("Invalid API key.")
         headers = ratelimit.headers(admission.window)
         if admission.verdict == "rate_limited":
             headers["Retry-After"] = ratelimit.retry_after(admission.window.reset_s)

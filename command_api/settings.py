@@ -51,3 +51,9 @@ class CommandSettings(InfraSettings):
 
     pg_pool_min: int = 2
     pg_pool_max: int = 16
+    # Group commit of admissions (batching.py): at most this many admission round trips in
+    # flight; prompts arriving meanwhile share the next one (up to admit_batch_max each).
+    admit_concurrency: int = 1
+    admit_batch_max: int = 64
+    # None: infra's producer default (linger 1 ms, chosen for latency).
+    kafka_linger_ms: int | None = None

@@ -12,12 +12,17 @@ from typing import Any, Literal
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from command_api.batching import Batcher
 from command_api.ratelimit import WindowState
 from command_api.settings import CommandSettings
 
-Verdict = Literal["ok", "rate_limited", "too_many_generations", "conversation_busy"]
+Verdict = Literal["ok", "rate_limited", "too_many_generations", "conversation_busy", "unauthorized"]
 # A pending key older than this belongs to a process that died mid-request: reclaimable.
 STALE_PENDING_S = 60.0
+
+
+# (key hash, user or None, request, conversation, new conversation?, expected last request)
+_AdmitItem = tuple[str, str | None, str, str, bool, str | None]
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,7 @@ class Admission:
     verdict: Verdict
     window: WindowState
     running: int
+    user_id: str | None  # the caller (resolved from the key when it was not known)
 
 
 @dataclass(frozen=True)
@@ -62,39 +68,61 @@ class CommandStore:
     def __init__(self, pool: AsyncConnectionPool[Any], settings: CommandSettings) -> None:
         self.pool = pool
         self._s = settings
+        self._admissions: Batcher[_AdmitItem, Admission] = Batcher(
+            self._admit_many,
+            max_batch=settings.admit_batch_max,
+            concurrency=settings.admit_concurrency,
+        )
 
     async def admit(
         self,
         *,
-        user_id: str,
+        user_id: str | None,
+        key_hash: str,
         request_id: str,
         conversation_id: str,
         new_conversation: bool,
         expected_last: str | None,
     ) -> Admission:
-        """Atomically apply the limits and record the request (see `command.admit`)."""
+        """Atomically apply the limits and record the request (see `command.admit_prompt`).
+
+        `user_id` None: the caller's key (`key_hash`) is resolved in the same statement,
+        so an uncached caller costs no extra round trip; verdict 'unauthorized' if no key.
+        Concurrent admissions share round trips (`batching.Batcher`, `command.admit_batch`).
+        """
+        item = (key_hash, user_id, request_id, conversation_id, new_conversation, expected_last)
+        return await self._admissions.submit(item)
+
+    async def _admit_many(self, items: list[_AdmitItem]) -> list[Admission]:
         s = self._s
+        limits = (
+            s.rate_limit_per_min,
+            s.rate_limit_window_s,
+            s.max_concurrent_generations,
+            s.generation_horizon_s,
+        )
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT * FROM command.admit(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    user_id,
-                    request_id,
-                    conversation_id,
-                    new_conversation,
-                    expected_last,
-                    s.rate_limit_per_min,
-                    s.rate_limit_window_s,
-                    s.max_concurrent_generations,
-                    s.generation_horizon_s,
-                ),
-            )
-            row = await cur.fetchone()
-        if row is None:
-            raise RuntimeError("command.admit returned no row")
-        verdict: Verdict = row[0]
-        window = WindowState(s.rate_limit_per_min, s.rate_limit_window_s, int(row[1]), row[2])
-        return Admission(verdict, window, int(row[3]))
+            if len(items) == 1:
+                cur = await conn.execute(
+                    "SELECT 1, * FROM command.admit_prompt(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (*items[0], *limits),
+                )
+            else:
+                columns = [list(c) for c in zip(*items, strict=True)]
+                cur = await conn.execute(
+                    "SELECT * FROM command.admit_batch("
+                    "%s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[],"
+                    " %s::text[], %s, %s, %s, %s)",
+                    (*columns, *limits),
+                )
+            rows = await cur.fetchall()
+        out: list[Admission | None] = [None] * len(items)
+        for row in rows:
+            window = WindowState(s.rate_limit_per_min, s.rate_limit_window_s, int(row[2]), row[3])
+            out[int(row[0]) - 1] = Admission(row[1], window, int(row[4]), row[5])
+        if any(a is None for a in out):
+            raise RuntimeError("command.admit_batch left an admission unanswered")
+        return [a for a in out if a is not None]
 
     async def revoke(
         self,

@@ -15,7 +15,8 @@ from command_api.openai_format import ChunkStream, CompletionError, collect
 from command_api.prompts import Accepted
 from command_api.tracing import traceparent_for
 from command_api.validation import parse_body
-from infra.http import ApiError, NotFound, PayloadTooLarge
+from infra.auth import hash_key
+from infra.http import ApiError, NotFound, PayloadTooLarge, Unauthorized, bearer_key
 from schemas import CancelRequested
 
 router = APIRouter(prefix="/v1/chat/completions", tags=["completions"])
@@ -47,19 +48,32 @@ async def create_chat_completion(request: Request) -> Response:
     # dependency solving (and its deep copies of defaults) was a visible share of its CPU.
     ctx = await get_context(request)
     authorization = request.headers.get("authorization")
-    user = await current_user(ctx, authorization)
+    key = bearer_key(authorization)
+    # An uncached key is resolved by admission itself (one round trip for both), except
+    # where the user is needed earlier (idempotency claim, continuation ownership).
+    user = ctx.auth_cache.get(key)
     idempotency_key = request.headers.get("idempotency-key")
     prefer = request.headers.get("prefer")
     traceparent = request.headers.get("traceparent")
-    raw = await read_body(request, ctx.settings.max_body_bytes)
-    prompt = parse_body(raw, ctx.settings)
-    accepted = await ctx.prompts.submit(
-        user_id=user,
-        prompt=prompt,
-        raw=raw,
-        idempotency_key=idempotency_key,
-        traceparent=traceparent_for(traceparent),
-    )
+    try:
+        raw = await read_body(request, ctx.settings.max_body_bytes)
+        prompt = parse_body(raw, ctx.settings)
+        if user is None and (idempotency_key is not None or prompt.conversation_id is not None):
+            user = await current_user(ctx, authorization)
+        accepted = await ctx.prompts.submit(
+            user_id=user,
+            key_hash="" if user is not None else hash_key(key),
+            prompt=prompt,
+            raw=raw,
+            idempotency_key=idempotency_key,
+            traceparent=traceparent_for(traceparent),
+        )
+    except ApiError as exc:
+        if user is None and not isinstance(exc, Unauthorized):
+            await current_user(ctx, authorization)  # a bad key is a 401 before anything else
+        raise
+    if user is None and accepted.user_id is not None:
+        ctx.auth_cache.put(key, accepted.user_id)
     headers = {**accepted.rate_headers, "x-request-id": accepted.request_id}
     if accepted.replayed:
         headers["idempotent-replayed"] = "true"
