@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import select
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from psycopg_pool import AsyncConnectionPool
@@ -32,7 +30,7 @@ from command_api.settings import CommandSettings
 from command_api.store import CommandStore
 from command_api.upstream import StreamSource
 from infra.auth import KeyResolver
-from infra.clients import apply_read_model_ddl, pg_connect
+from infra.clients import apply_read_model_ddl, check_idle_connection, pg_connect
 from infra.http import ApiError, install_error_handlers
 
 log = logging.getLogger(__name__)
@@ -105,23 +103,6 @@ async def _running(settings: CommandSettings, metrics: Metrics) -> AsyncIterator
         await http.aclose()
         await log_.close()
         await pool.close()
-
-
-async def check_idle_connection(conn: psycopg.AsyncConnection[Any]) -> None:
-    """The pool's check on checkout: a round trip only for a connection that looks broken.
-
-    A pooled connection is idle, so its socket has nothing to read unless the server wrote
-    to it: a Postgres restart or `pg_terminate_backend` sends FATAL and closes it. Such a
-    connection (or any with unexpected input) gets psycopg's full check, which fails and
-    makes the pool discard it; a quiet one is handed out at once. Checking every checkout
-    with a round trip (`check_connection`) doubled the Postgres round trips of a prompt.
-    """
-    if conn.closed or conn.broken:
-        raise psycopg.OperationalError("the connection is closed")
-    poller = select.poll()
-    poller.register(conn.pgconn.socket, select.POLLIN | select.POLLPRI)
-    if poller.poll(0):
-        await AsyncConnectionPool.check_connection(conn)
 
 
 def _migrate(settings: CommandSettings) -> None:

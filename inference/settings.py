@@ -32,6 +32,7 @@ class InferenceSettings(InfraSettings):
     def group_id(self) -> str:
         """The consumer group, namespaced like the topics so deployments never share one."""
         return self.topic_prefix + self.consumer_group
+
     session_timeout_ms: int = 10_000
     commit_interval_ms: int = 200
     ledger_lookback_s: float = 300.0  # clock skew allowance when scanning chat.completions

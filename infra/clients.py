@@ -6,6 +6,7 @@ Kafka 4 clients default to 5 ms, which would sit inside every time-to-first-toke
 
 from __future__ import annotations
 
+import select
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ import meilisearch
 import psycopg
 from aiokafka import AIOKafkaProducer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from psycopg_pool import AsyncConnectionPool
 
 from infra.settings import InfraSettings
 from schemas.resources import MESSAGES_INDEX, read_model_ddl, search_index_spec
@@ -78,6 +80,23 @@ async def apg_connect(settings: InfraSettings, **kwargs: Any) -> psycopg.AsyncCo
     return await psycopg.AsyncConnection.connect(
         settings.postgres_url, connect_timeout=10, **kwargs
     )
+
+
+async def check_idle_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """A pool's check on checkout: a round trip only for a connection that looks broken.
+
+    A pooled connection is idle, so its socket has nothing to read unless the server wrote
+    to it: a Postgres restart or `pg_terminate_backend` sends FATAL and closes it. Such a
+    connection (or any with unexpected input) gets psycopg's full check, which fails and
+    makes the pool discard it; a quiet one is handed out at once. Checking every checkout
+    with a round trip (`check_connection`) doubled the Postgres round trips of a prompt.
+    """
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN | select.POLLPRI)
+    if poller.poll(0):
+        await AsyncConnectionPool.check_connection(conn)
 
 
 def apply_read_model_ddl(settings: InfraSettings) -> None:
