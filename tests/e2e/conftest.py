@@ -7,6 +7,7 @@ so the tests are fast and deterministic. Logs land in the test's run directory.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,12 +29,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def system(
-    infra_settings: InfraSettings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[System]:
+@contextlib.contextmanager
+def running_system(infra_settings: InfraSettings, run_dir: Path) -> Iterator[System]:
+    """The four services on `infra_settings`, scripted engine, ephemeral ports everywhere
+    (so a developer's `chatlog up` or another test's system never collides); their logs
+    are printed when start-up fails."""
     settings = infra_settings.model_copy(update={"models": SCRIPTED_MODEL})
-    run_dir: Path = tmp_path_factory.mktemp("system")
     sys_ = System(
         settings,
         command_port=free_port(),
@@ -45,6 +46,7 @@ def system(
             "CHATLOG_SCRIPTED_TOKEN_RATE": "100",
             "CHATLOG_SCRIPTED_REPLY_REPEAT": "3",
             "CHATLOG_REPLICAS": "1",
+            "CHATLOG_METRICS_PORT": "0",
         },
     )
     try:
@@ -56,6 +58,14 @@ def system(
         raise
     finally:
         sys_.stop_all()
+
+
+@pytest.fixture(scope="module")
+def system(
+    infra_settings: InfraSettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[System]:
+    with running_system(infra_settings, tmp_path_factory.mktemp("system")) as sys_:
+        yield sys_
 
 
 @pytest.fixture(scope="module")
