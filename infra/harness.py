@@ -43,6 +43,13 @@ class Services:
     source: str  # "docker" or "local"
     stack: LocalStack | None = None
 
+    @classmethod
+    def local(cls, stack: LocalStack) -> Services:
+        """The services a local launcher stack provides."""
+        s = stack.settings
+        return cls(s.kafka_bootstrap, s.postgres_url, s.meili_url or "", s.meili_key,
+                   Path(s.home), "local", stack)  # fmt: skip
+
 
 def docker_available() -> bool:
     """True when a Docker engine answers a ping."""
@@ -93,15 +100,7 @@ def _local_services() -> Iterator[Services]:
         stack.install()
         stack.start()
     try:
-        yield Services(
-            settings.kafka_bootstrap,
-            settings.postgres_url,
-            settings.meili_url or "",
-            settings.meili_key,
-            home,
-            "local",
-            stack,
-        )
+        yield Services.local(stack)
     finally:
         if not already and os.environ.get("CHATLOG_TEST_KEEP") != "1":
             stack.stop()

@@ -82,15 +82,7 @@ def private_stack(shared: Services) -> Iterator[Services]:
     stack = LocalStack(settings)
     try:
         stack.start()
-        yield Services(
-            settings.kafka_bootstrap,
-            settings.postgres_url,
-            settings.meili_url or "",
-            settings.meili_key,
-            home,
-            "local",
-            stack,
-        )
+        yield Services.local(stack)
     finally:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)
