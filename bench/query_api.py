@@ -26,6 +26,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,75 +70,109 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-async def _client(
-    port: int, key: str, rid: str, lags: list[float], opened: list[int], errors: list[str]
-) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
-    writer.write(
-        f"GET /v1/chat/completions/{rid}/stream HTTP/1.1\r\nHost: bench\r\n"
-        f"Authorization: Bearer {key}\r\nAccept: text/event-stream\r\n\r\n".encode()
-    )
-    await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    if b" 200 " not in head.split(b"\r\n", 1)[0]:
-        raise RuntimeError(head.decode(errors="replace"))
-    opened[0] += 1
-    # Whole reads split into SSE frames (cheap on the client's share of the cores); the
-    # body is chunked transfer encoding, whose size lines fall between frames here.
-    buf, next_seq = b"", 0
-    while True:
-        data = await reader.read(1 << 16)
-        if not data:
-            errors.append(f"{rid}: closed before done")
-            break
+class _SseClient(asyncio.Protocol):
+    """One SSE stream, parsed in `data_received` (no StreamReader, no task per client):
+    the clients share the 2 cores with the server, so they must stay cheap."""
+
+    def __init__(
+        self, request: bytes, rid: str, lags: list[tuple[float, float]], errors: list[str]
+    ) -> None:
+        self.request, self.rid, self.lags, self.errors = request, rid, lags, errors
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.head: bytes | None = None
+        self.buf, self.next_seq = b"", 0
+        self.transport: Any = None  # uvloop's TCPTransport
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
         now = time.time()
-        *frames, buf = (buf + data).split(b"\n\n")
+        data = self.buf + data
+        if self.head is None:
+            if b"\r\n\r\n" not in data:
+                self.buf = data
+                return
+            self.head, data = data.split(b"\r\n\r\n", 1)
+            if b" 200 " not in self.head.split(b"\r\n", 1)[0]:
+                self.opened.set_exception(RuntimeError(self.head.decode(errors="replace")))
+                return
+            self.opened.set_result(None)
+        # the body is chunked transfer encoding, whose size lines fall between frames here
+        *frames, self.buf = data.split(b"\n\n")
         for frame in frames:
             start = frame.find(b"event: ")
             if frame.startswith(b"chunk", start + 7):
                 i = frame.index(b"id: 1:") + 6
                 seq = int(frame[i : frame.index(b"\n", i)])
-                if seq != next_seq:  # the no-gap/no-duplicate contract, checked per client
-                    errors.append(f"{rid}: seq {seq} after {next_seq - 1}")
-                next_seq = seq + 1
+                if seq != self.next_seq:  # the no-gap/no-duplicate contract, per client
+                    self.errors.append(f"{self.rid}: seq {seq} after {self.next_seq - 1}")
+                self.next_seq = seq + 1
                 i = frame.index(b'"text": "') + 9
-                lags.append(now - float(frame[i : frame.index(b'"', i)]))
+                produced = float(frame[i : frame.index(b'"', i)])
+                self.lags.append((produced, now - produced))
             elif frame.startswith(b"done", start + 7):
-                writer.close()
+                self._finish()
                 return
             elif frame.startswith(b"error", start + 7):
-                errors.append(f"{rid}: {frame[start:].decode(errors='replace')}")
-                writer.close()
+                self.errors.append(f"{self.rid}: {frame[start:].decode(errors='replace')}")
+                self._finish()
                 return
+
+    def _finish(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.errors.append(f"{self.rid}: closed before done")
+            self.closed.set_result(None)
+        if not self.opened.done():
+            self.opened.set_exception(RuntimeError(f"{self.rid}: closed before the headers"))
 
 
 def client_process(port: int, key: str, rids: list[str], ready: Any, results: Any) -> None:
     async def main() -> None:
-        lags: list[float] = []
+        lags: list[tuple[float, float]] = []  # (produced at, lag) per chunk
         errors: list[str] = []
-        opened = [0]
-        tasks = []
+        loop = asyncio.get_running_loop()
+        clients = []
         for i, rid in enumerate(rids):
-            tasks.append(asyncio.create_task(_client(port, key, rid, lags, opened, errors)))
+            request = (
+                f"GET /v1/chat/completions/{rid}/stream HTTP/1.1\r\nHost: bench\r\n"
+                f"Authorization: Bearer {key}\r\nAccept: text/event-stream\r\n\r\n"
+            ).encode()
+            client = _SseClient(request, rid, lags, errors)
+            await loop.create_connection(lambda c=client: c, "127.0.0.1", port)
+            clients.append(client)
             if i % 50 == 49:
                 await asyncio.sleep(0.05)  # do not SYN-flood the accept queue
-        while opened[0] < len(rids):
-            await asyncio.sleep(0.05)
+        await asyncio.gather(*(c.opened for c in clients))
         ready.put(len(rids))
-        await asyncio.gather(*tasks)
-        results.put((lags, errors))
+        cpu_before = time.process_time()
+        await asyncio.gather(*(c.closed for c in clients))
+        results.put((lags, errors, time.process_time() - cpu_before))
 
     uvloop.run(main())
 
 
 def producer_process(
-    settings: InfraSettings, rids: list[str], ticks: int, go: Any, done: Any
+    settings: InfraSettings, rids: list[str], ticks: int, linger_ms: int, go: Any, done: Any
 ) -> None:
-    """20 chunks/s for each of `rids` (staggered over each 50 ms), then their finish."""
+    """20 chunks/s for each of `rids` (staggered over each 50 ms), then their finish.
+
+    `linger_ms`: the producer's batching wait. Each chunk carries its creation time, so
+    the linger counts in the measured lag; it only spares the broker's (shared) CPU.
+    """
     topic = settings.topics.completions
-    producer = Producer(producer_config(settings))
+    producer = Producer({**producer_config(settings), "linger.ms": linger_ms})
     done.put(None)  # ready: the start time comes back on `go`
     start = go.get()
+    cpu_before = time.process_time()
     period, slots = 1.0 / RATE_HZ, 10
     per_slot = [rids[i::slots] for i in range(slots)]
     behind = 0.0
@@ -151,18 +186,14 @@ def producer_process(
             else:
                 behind = max(behind, -delay)
             for rid in group:
-                produce(
-                    producer,
-                    topic,
-                    TokenChunk(
-                        request_id=rid,
-                        conversation_id=f"c-{rid}",
-                        attempt=1,
-                        seq=seq,
-                        text=f"{time.time():.6f}",
-                        token_count=1,
-                    ),
-                )
+                now = time.time()
+                value = chunk_v1(rid, f"c-{rid}", seq, f"{now:.6f}", int(now * 1000))
+                while True:
+                    try:
+                        producer.produce(topic, key=f"c-{rid}", value=value, headers=CHUNK_HEADERS)
+                        break
+                    except BufferError:
+                        producer.poll(0.01)
             producer.poll(0)
     elapsed = time.time() - start
     for rid in rids:
@@ -178,7 +209,61 @@ def producer_process(
             ),
         )
     producer.flush(30)
-    done.put((elapsed, behind))
+    done.put((elapsed, behind, time.process_time() - cpu_before))
+
+
+def _zigzag(n: int) -> bytes:
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _avro_str(s: str) -> bytes:
+    raw = s.encode()
+    return _zigzag(len(raw)) + raw
+
+
+CHUNK_HEADERS = [("event-type", b"TokenChunk"), ("schema-version", b"1")]
+
+
+def chunk_v1(rid: str, cid: str, seq: int, text: str, occurred_ms: int) -> bytes:
+    """A TokenChunk v1 body (attempt 1, one token) built by hand: `schemas.encode` costs
+    the producers ~20 µs per chunk, CPU the bench would take from the server it measures.
+    `check_chunk_v1` proves it byte-identical to `schemas.encode` before every run."""
+    return b"".join(
+        (
+            _avro_str(str(uuid.uuid4())),
+            _zigzag(occurred_ms),
+            _avro_str(rid),
+            _avro_str(cid),
+            b"\x02",  # attempt 1
+            _zigzag(seq),
+            _avro_str(text),
+            b"\x02\x00",  # token_count 1, traceparent null
+        )
+    )
+
+
+def check_chunk_v1() -> None:
+    value = chunk_v1("r-é", "c", 300, "1.5", 1_700_000_000_123)
+    event = TokenChunk(
+        event_id=str(uuid.UUID(bytes=b"\0" * 16)),
+        occurred_at=datetime.fromtimestamp(1_700_000_000.123, UTC),
+        request_id="r-é",
+        conversation_id="c",
+        attempt=1,
+        seq=300,
+        text="1.5",
+        token_count=1,
+    )
+    expected, headers = encode(event)
+    assert headers == CHUNK_HEADERS
+    # the event ids differ (random vs fixed), both 36 characters: compare after them
+    assert value[37:] == expected[37:] and len(value) == len(expected), (value, expected)
 
 
 def produce(producer: Producer, topic: str, event: Event) -> None:
@@ -201,6 +286,8 @@ def run_once(
     procs: int,
     per_request: int = 1,
     producer_procs: int = 2,
+    linger_ms: int = 5,
+    kafka_pid: int | None = None,
 ) -> dict[str, Any]:
     topics = settings.topics
     producer = Producer(producer_config(settings))
@@ -241,7 +328,9 @@ def run_once(
     ticks = int(seconds * RATE_HZ)
     go, done = ctx.Queue(), ctx.Queue()
     producers = [
-        ctx.Process(target=producer_process, args=(settings, rids[i::pprocs], ticks, go, done))
+        ctx.Process(
+            target=producer_process, args=(settings, rids[i::pprocs], ticks, linger_ms, go, done)
+        )
         for i in range(min(pprocs, len(rids)))
     ]
     for p in producers:
@@ -253,21 +342,27 @@ def run_once(
         go.put(start)
     load_before = os.getloadavg()[0]
     cpu_before = cpu_seconds(server_pid)
+    kafka_before = cpu_seconds(kafka_pid) if kafka_pid else 0.0
     time.sleep(max(0.0, start + seconds / 2 - time.time()))
     rss_live = rss_kib(server_pid)
     finished = [done.get(timeout=seconds * 10 + 60) for _ in producers]
-    elapsed = max(e for e, _ in finished)
-    lags: list[float] = []
+    elapsed = max(e for e, _, _ in finished)
+    timed: list[tuple[float, float]] = []
     errors: list[str] = []
+    clients_cpu = 0.0
     for _ in workers:
-        part, errs = results.get(timeout=120)
-        lags += part
+        part, errs, cpu = results.get(timeout=120)
+        timed += part
         errors += errs
+        clients_cpu += cpu
     server_cpu = cpu_seconds(server_pid) - cpu_before
+    kafka_cpu = cpu_seconds(kafka_pid) - kafka_before if kafka_pid else 0.0
+    delivered = max(1, len(timed))
     load_after = os.getloadavg()[0]
     for w in workers + producers:
         w.join(10)
-    lags.sort()
+    lags = sorted(lag for _, lag in timed)
+    timeline = per_second_p99(timed, start)
     expected = n * ticks
     if errors:
         kinds: dict[str, int] = {}
@@ -282,16 +377,40 @@ def run_once(
         "chunks_received": len(lags),
         "stream_errors": len(errors),
         "offered_per_s": expected / elapsed,
-        "producer_behind_ms": 1000 * max(b for _, b in finished),
+        "producer_behind_ms": 1000 * max(b for _, b, _ in finished),
         "server_cpu_s": server_cpu,
-        "server_cpu_us_per_event": 1e6 * server_cpu / max(1, len(lags)),
+        "server_cpu_us_per_event": 1e6 * server_cpu / delivered,
+        # the bench's own load on the shared cores, per delivered event
+        "clients_cpu_us_per_event": 1e6 * clients_cpu / delivered,
+        "producers_cpu_us_per_event": 1e6 * sum(c for _, _, c in finished) / delivered,
+        "kafka_cpu_us_per_event": 1e6 * kafka_cpu / delivered,
         "load_before_after": f"{load_before:.1f}/{load_after:.1f}",
         "p50_ms": 1000 * statistics.median(lags),
         "p99_ms": 1000 * lags[int(0.99 * (len(lags) - 1))],
         "max_ms": 1000 * lags[-1],
+        "p99_ms_per_second": timeline,
         "kib_per_client_open": (rss_open - rss_before) / n,
         "kib_per_client_live": (rss_live - rss_before) / n,
     }
+
+
+def per_second_p99(timed: list[tuple[float, float]], start: float) -> list[int]:
+    """p99 lag (ms) of the chunks produced in each second of the run: shows whether a tail
+    is a steady state or one stall."""
+    seconds: dict[int, list[float]] = {}
+    for produced, lag in timed:
+        seconds.setdefault(int(produced - start), []).append(lag)
+    return [round(1000 * sorted(v)[int(0.99 * (len(v) - 1))]) for _, v in sorted(seconds.items())]
+
+
+def broker_pid(home: Path) -> int | None:
+    """The local launcher's Kafka broker (its CPU is reported too), if it runs one."""
+    try:
+        pid = int((home / "run" / "kafka.pid").read_text().split()[0])
+        cpu_seconds(pid)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid
 
 
 def server_lag(port: int) -> dict[str, float]:
@@ -316,6 +435,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--producer-procs", type=int, default=2)
+    parser.add_argument("--producer-linger-ms", type=int, default=5)
     parser.add_argument(
         "--server-root",
         default=None,
@@ -329,11 +449,13 @@ def main() -> None:
         help="SSE clients watching each request (1: every client its own)",
     )
     args = parser.parse_args()
+    check_chunk_v1()
     os.environ.setdefault("CHATLOG_TEST_KEEP", "1")
     with provide_services() as services, isolated_settings(services, "bench_query_api") as s:
         with pg_connect(s, autocommit=True) as conn:
             key = create_key(conn, "bench")
         port = free_port()
+        kafka_pid = broker_pid(services.home)
         env = {
             **os.environ,
             "CHATLOG_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
@@ -346,7 +468,9 @@ def main() -> None:
             "CHATLOG_CLIENT_QUEUE_SIZE": "1024",
         }
         server = subprocess.Popen(
-            [sys.executable, "-m", "query_api"], env=env, cwd=args.server_root or None
+            [sys.executable, *(os.environ.get("BENCH_SERVER_CMD") or "-m query_api").split()],
+            env=env,
+            cwd=args.server_root or None,
         )
         if profile := os.environ.get("BENCH_PYSPY"):  # a path: sample the server with py-spy
             subprocess.Popen(
@@ -375,6 +499,8 @@ def main() -> None:
                     args.client_procs,
                     args.clients_per_request,
                     args.producer_procs,
+                    args.producer_linger_ms,
+                    kafka_pid,
                 )
                 result |= server_lag(port)
                 print(

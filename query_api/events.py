@@ -12,9 +12,11 @@ from typing import Any, Literal
 Kind = Literal["started", "chunk", "done", "error"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamEvent:
-    """One completion event of one request.
+    """One completion event of one request. Never changed once made (one instance is shared
+    by the hub's buffer and every subscriber); not `frozen` only because a frozen
+    dataclass's `__init__` costs ~3x as much, once per chunk on the hub's hot path.
 
     `anchored` says the source holds every chunk of this attempt before this event (a hub
     that saw the attempt begin, or Postgres, whose projection folds a partition in order);

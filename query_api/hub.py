@@ -17,12 +17,13 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from query_api.events import StreamEvent
 from query_api.settings import QuerySettings
@@ -36,6 +37,7 @@ from schemas.events import (
     PromptSubmitted,
     TokenChunk,
 )
+from schemas.wire import TOKEN_CHUNK_V1_HEADERS, read_token_chunk_v1
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +125,29 @@ class Snapshot:
     events: tuple[StreamEvent, ...]
 
 
-def partition_counts(settings: QuerySettings, topics: tuple[str, ...]) -> dict[str, int]:
-    """Partitions per topic, from the broker (aiokafka's consumer only knows subscribed ones)."""
-    meta = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=10)
-    counts = {t: len(meta.topics[t].partitions) for t in topics if t in meta.topics}
-    missing = [t for t in topics if not counts.get(t)]
+def live_ends(consumer: Consumer, topics: tuple[str, ...]) -> list[TopicPartition]:
+    """Every partition of `topics` at its current end offset (blocking: run in a thread)."""
+    meta = consumer.list_topics(timeout=10)
+    missing = [t for t in topics if not (t in meta.topics and meta.topics[t].partitions)]
     if missing:
         raise RuntimeError(f"topics {missing} do not exist")
-    return counts
+    ends = []
+    for t in topics:
+        for p in sorted(meta.topics[t].partitions):
+            _, high = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)
+            ends.append(TopicPartition(t, p, high))
+    return ends
+
+
+def fetch_batch(consumer: Consumer, max_records: int, wait_s: float) -> list[Message]:
+    """The next records: waits up to `wait_s` for the first, then takes what is queued.
+
+    (`consume(n, timeout)` alone would wait the whole timeout for `n` records.)
+    """
+    first = consumer.poll(wait_s)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_records - 1, 0)]
 
 
 class Hub:
@@ -141,44 +158,49 @@ class Hub:
         self._buffers: dict[str, RequestBuffer] = {}
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._owners: OrderedDict[str, Owner] = OrderedDict()
-        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer: Consumer | None = None
+        # librdkafka fetches and parses in its own threads; this one thread only waits for
+        # records and hands them over, so the event loop never blocks on Kafka
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="query-hub-fetch")
         self._task: asyncio.Task[None] | None = None
-        self._positions: dict[TopicPartition, int] = {}
+        self._positions: dict[tuple[str, int], int] = {}
         self.started_at = 0.0  # epoch seconds: where the hub joined the log
-        self.start_offsets: dict[int, int] = {}
         self.overflows = 0
         self.decode_errors = 0
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
-        """Assign every partition of both topics and seek to their ends (the live end)."""
+        """Assign every partition of both topics at their ends (the live end).
+
+        A confluent-kafka consumer rather than aiokafka's: aiokafka parses every fetch
+        response in Python on the event loop (~3 µs per record in the small batches of a
+        live stream, a quarter of the hub's time), librdkafka does it in C off the loop.
+        """
         topics = self._settings.topics
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="latest",
-            # Let the broker gather a batch for up to `hub_fetch_wait_ms` (or until
-            # `hub_fetch_min_bytes`) instead of answering every fetch with the one record
-            # that just arrived: aiokafka parses each fetch response in Python, so a
-            # trickle of tiny fetches cost more CPU than the records in them.
-            fetch_min_bytes=self._settings.hub_fetch_min_bytes,
-            fetch_max_wait_ms=self._settings.hub_fetch_wait_ms,
+        loop = asyncio.get_running_loop()
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self._settings.kafka_bootstrap,
+                # required by the client; never joined (assign, no subscribe) nor committed
+                "group.id": f"query-hub-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "latest",
+                # Let the broker gather a batch for up to `hub_fetch_wait_ms` (or until
+                # `hub_fetch_min_bytes`): a trickle of one-record fetches costs more CPU
+                # (here and in the broker) than the records in them.
+                "fetch.wait.max.ms": self._settings.hub_fetch_wait_ms,
+                "fetch.min.bytes": self._settings.hub_fetch_min_bytes,
+            }
         )
-        await consumer.start()
         try:
             wanted = (topics.completions, topics.conversations)
-            counts = await asyncio.to_thread(partition_counts, self._settings, wanted)
-            tps = [TopicPartition(t, p) for t in wanted for p in range(counts[t])]
-            consumer.assign(tps)
-            await consumer.seek_to_end(*tps)
-            for tp in tps:
-                self._positions[tp] = await consumer.position(tp)
-                if tp.topic == topics.completions:
-                    self.start_offsets[tp.partition] = self._positions[tp]
+            ends = await loop.run_in_executor(self._thread, live_ends, consumer, wanted)
+            consumer.assign(ends)
         except BaseException:
-            await consumer.stop()
+            await loop.run_in_executor(self._thread, consumer.close)
             raise
+        self._positions = {(tp.topic, tp.partition): tp.offset for tp in ends}
         self.started_at = time.time()
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="query-hub")
@@ -189,7 +211,8 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._consumer is not None:
-            await self._consumer.stop()
+            # after the fetch thread's last poll (same thread): never close mid-poll
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._consumer.close)
         self._task = self._consumer = None
 
     @property
@@ -197,44 +220,74 @@ class Hub:
         return self._task is not None and not self._task.done()
 
     async def _run(self) -> None:
-        assert self._consumer is not None
+        consumer = self._consumer
+        assert consumer is not None
+        loop = asyncio.get_running_loop()
         completions = self._settings.topics.completions
         last_sweep = time.monotonic()
         while True:
             try:
-                batches = await self._consumer.getmany(timeout_ms=200, max_records=2000)
-            except Exception:  # aiokafka retries connections itself; never let the hub die
+                records = await loop.run_in_executor(self._thread, fetch_batch, consumer, 2000, 0.2)
+            except Exception:  # librdkafka reconnects by itself; never let the hub die
                 log.exception("hub fetch failed; retrying")
                 await asyncio.sleep(1.0)
                 continue
-            for tp, records in batches.items():
-                if records:
-                    self._positions[tp] = records[-1].offset + 1
-                for record in records:
-                    wanted = COMPLETION_TYPES if tp.topic == completions else OWNER_TYPES
-                    try:
-                        event = codec.decode_if(
-                            record.value,
-                            record.headers,
-                            wanted,
-                            topic=tp.topic,
-                            partition=tp.partition,
-                            offset=record.offset,
-                        )
-                    except EventDecodeError as exc:  # the processors dead-letter it
-                        self.decode_errors += 1
-                        log.warning("hub skipped undecodable record: %s", exc)
-                        continue
-                    if event is None:  # a type the hub ignores, skipped by its header
-                        continue
-                    if tp.topic == completions:
-                        self._fold(event, tp.partition, record.offset)
-                    elif isinstance(event, PromptSubmitted):
-                        self._learn_owner(event)
+            for record in records:
+                if record.error() is not None:  # transport trouble, reported per record
+                    log.warning("hub fetch: %s", record.error())
+                    continue
+                self._handle(record, completions)
             now = time.monotonic()
             if now - last_sweep > 5:
                 self.sweep(now)
                 last_sweep = now
+
+    def _handle(self, record: Message, completions: str) -> None:
+        topic, partition, offset = record.topic(), record.partition(), record.offset()
+        assert topic is not None and partition is not None and offset is not None
+        self._positions[(topic, partition)] = offset + 1
+        value, headers = record.value(), record.headers()
+        if topic != completions:
+            wanted = OWNER_TYPES
+        else:
+            wanted = COMPLETION_TYPES
+            if headers is not None and tuple(headers) == TOKEN_CHUNK_V1_HEADERS:
+                # the hot path: most records are chunks (schemas.wire says why)
+                try:
+                    f = read_token_chunk_v1(value)  # type: ignore[arg-type]
+                except (ValueError, TypeError):
+                    pass  # decode_if below decodes it or names the error
+                else:
+                    self._fold_chunk(
+                        f.request_id,
+                        f.attempt,
+                        f.seq,
+                        f.text,
+                        f.token_count,
+                        f.occurred_at_ms / 1000,
+                        partition,
+                        offset,
+                    )
+                    return
+        try:
+            event = codec.decode_if(
+                value,  # type: ignore[arg-type]
+                headers,
+                wanted,
+                topic=topic,
+                partition=partition,
+                offset=offset,
+            )
+        except EventDecodeError as exc:  # the processors dead-letter it
+            self.decode_errors += 1
+            log.warning("hub skipped undecodable record: %s", exc)
+            return
+        if event is None:  # a type the hub ignores, skipped by its header
+            return
+        if topic == completions:
+            self._fold(event, partition, offset)
+        elif isinstance(event, PromptSubmitted):
+            self._learn_owner(event)
 
     # -- folding and fan-out -------------------------------------------------------------
     def _learn_owner(self, event: PromptSubmitted) -> None:
@@ -244,32 +297,90 @@ class Hub:
             self._owners.popitem(last=False)
 
     def _fold(self, event: Any, partition: int, offset: int) -> None:
-        if not isinstance(
-            event, CompletionStarted | TokenChunk | CompletionFinished | CompletionFailed
-        ):
+        if isinstance(event, TokenChunk):
+            at = event.occurred_at.timestamp()
+            self._fold_chunk(
+                event.request_id,
+                event.attempt,
+                event.seq,
+                event.text,
+                event.token_count,
+                at,
+                partition,
+                offset,
+            )
             return
-        rid = event.request_id
-        buf = self._buffers.get(rid)
+        if not isinstance(event, CompletionStarted | CompletionFinished | CompletionFailed):
+            return
+        buf = self._buffer_for(event.request_id, event.attempt, partition, offset)
         if buf is None:
-            buf = self._buffers[rid] = RequestBuffer(rid, partition, offset)
+            return
+        out = self._to_stream_event(event, buf)
+        if out.kind in ("done", "error"):
+            buf.terminal = out
+        self._fan_out(event.request_id, out)
+
+    def _buffer_for(
+        self, request_id: str, attempt: int, partition: int, offset: int
+    ) -> RequestBuffer | None:
+        """The request's buffer, switched to `attempt` when that is newer; None when the
+        event is stale (a superseded attempt, or a duplicate delivered after the end)."""
+        buf = self._buffers.get(request_id)
+        if buf is None:
+            buf = self._buffers[request_id] = RequestBuffer(request_id, partition, offset)
         buf.touched = time.monotonic()
-        if event.attempt < buf.attempt:
-            return  # a superseded attempt: the highest wins
-        if event.attempt > buf.attempt:
-            buf.attempt, buf.chunks, buf.terminal = event.attempt, [], None
+        if attempt < buf.attempt:
+            return None  # a superseded attempt: the highest wins
+        if attempt > buf.attempt:
+            buf.attempt, buf.chunks, buf.terminal = attempt, [], None
             buf.anchored, buf.first_seq = False, None
         if buf.terminal is not None:
-            return  # duplicate delivery after the end
-        out = self._to_stream_event(event, buf)
-        if out is None:
-            return
-        if out.kind == "chunk":
-            buf.chunks.append(out)
-        elif out.kind in ("done", "error"):
-            buf.terminal = out
-        self._fan_out(rid, out)
+            return None  # duplicate delivery after the end
+        return buf
 
-    def _to_stream_event(self, event: Any, buf: RequestBuffer) -> StreamEvent | None:
+    def _fold_chunk(
+        self,
+        request_id: str,
+        attempt: int,
+        seq: int,
+        text: str,
+        token_count: int,
+        occurred_at: float,
+        partition: int,
+        offset: int,
+    ) -> None:
+        """A TokenChunk's fields (from either decode path) into the buffer and out."""
+        buf = self._buffer_for(request_id, attempt, partition, offset)
+        if buf is None:
+            return
+        chunks = buf.chunks
+        if not chunks:
+            buf.first_seq = seq
+            buf.anchored = buf.anchored or seq == 0
+        elif seq <= chunks[-1].seq:
+            return  # at-least-once duplicate (order within a partition holds)
+        subs = self._subscribers.get(request_id)
+        out = StreamEvent(
+            "chunk",
+            request_id,
+            attempt,
+            seq,
+            text,
+            token_count,
+            occurred_at=occurred_at,
+            anchored=buf.anchored,
+            first_seq=buf.first_seq,
+            # the SSE bytes, encoded once and shared by every subscriber watching now
+            # (unwatched: a later subscriber formats its snapshot itself)
+            wire=chunk_frame(request_id, attempt, seq, text, token_count) if subs else b"",
+        )
+        chunks.append(out)
+        if subs:
+            self._fan_out(request_id, out)
+
+    def _to_stream_event(
+        self, event: CompletionStarted | CompletionFinished | CompletionFailed, buf: RequestBuffer
+    ) -> StreamEvent:
         at = event.occurred_at.timestamp()
         rid, attempt = event.request_id, event.attempt
         if isinstance(event, CompletionStarted):
@@ -277,29 +388,6 @@ class Hub:
             if not buf.chunks:
                 buf.anchored = True
             return StreamEvent("started", rid, attempt, occurred_at=at, anchored=buf.anchored)
-        if isinstance(event, TokenChunk):
-            expected = buf.chunks[-1].seq + 1 if buf.chunks else None
-            if expected is None:
-                buf.first_seq = event.seq
-                buf.anchored = buf.anchored or event.seq == 0
-            elif event.seq < expected:
-                return None  # at-least-once duplicate (order within a partition holds)
-            return StreamEvent(
-                "chunk",
-                rid,
-                attempt,
-                event.seq,
-                event.text,
-                event.token_count,
-                occurred_at=at,
-                anchored=buf.anchored,
-                first_seq=buf.first_seq,
-                # the SSE bytes, encoded once and shared by every subscriber watching now
-                # (unwatched: a later subscriber formats its snapshot itself)
-                wire=chunk_frame(rid, attempt, event.seq, event.text, event.token_count)
-                if rid in self._subscribers
-                else b"",
-            )
         if isinstance(event, CompletionFinished):
             model = buf.model or (o.model if (o := self._owners.get(rid)) else None)
             data = {
@@ -419,8 +507,13 @@ class Hub:
         if consumer is None:
             return 0
         lag = 0
-        for tp, position in self._positions.items():
-            high = consumer.highwater(tp)
-            if high is not None:
+        for (topic, partition), position in self._positions.items():
+            try:
+                _, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True
+                )
+            except KafkaException:
+                continue
+            if high >= 0:
                 lag += max(0, high - position)
         return lag

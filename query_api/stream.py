@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from query_api.assembler import Assembler, Out
 from query_api.durable import DurableSource, StreamIncomplete
 from query_api.events import Position, StreamEvent
-from query_api.hub import Hub, Subscriber
+from query_api.hub import Hub
 from query_api.metrics import Metrics
 from query_api.settings import QuerySettings
 from query_api.sse import PING, error_frame, frame
@@ -39,33 +39,15 @@ class StreamSession:
         self._asm = Assembler(request_id, resume)
 
     async def events(self) -> AsyncIterator[bytes]:
-        """The SSE byte stream; ends after done/error (or at once if resumed after done)."""
+        """The SSE byte stream; ends after done/error (or at once if resumed after done).
+
+        Catch-up and live delivery in ONE generator: every live frame of every stream
+        passes each generator level once, so there is only one.
+        """
         if self._asm.finished:
             return
-        sub, snap = self._hub.subscribe(self._request_id)
-        try:
-            try:
-                initial = await self._durable.initial_events(self._request_id, snap)
-                data = await self._feed_all(initial)
-            except StreamIncomplete as exc:
-                yield self._incomplete(exc)
-                return
-            if data:
-                yield data
-            if self._asm.finished:
-                return
-            # Poll Postgres while idle only for a finish the hub may never see (a request
-            # older than the hub); 1,000 queued clients polling would starve the pool.
-            polling = snap is None and not self._hub.saw_submitted(self._request_id)
-            async for chunk in self._live(sub, polling=polling):
-                yield chunk
-        finally:
-            self._hub.unsubscribe(sub)
-
-    async def _live(self, sub: Subscriber, *, polling: bool) -> AsyncIterator[bytes]:
         s = self._settings
-        loop = asyncio.get_running_loop()
-        last_write = time.monotonic()
+        sub, snap = self._hub.subscribe(self._request_id)
         # One timer per idle period (heartbeat, or the Postgres poll of a request the hub
         # has nothing of), re-armed only when it fires: not a timer per awaited event.
         timer: asyncio.TimerHandle | None = None
@@ -77,6 +59,19 @@ class StreamSession:
             sub.wake()
 
         try:
+            try:
+                initial = await self._durable.initial_events(self._request_id, snap)
+                data = await self._feed_all(initial)
+            except StreamIncomplete as exc:
+                yield self._incomplete(exc)
+                return
+            if data:
+                yield data
+            # Poll Postgres while idle only for a finish the hub may never see (a request
+            # older than the hub); 1,000 queued clients polling would starve the pool.
+            polling = snap is None and not self._hub.saw_submitted(self._request_id)
+            loop = asyncio.get_running_loop()
+            last_write = time.monotonic()
             while not self._asm.finished:
                 if sub.overflowed:
                     self._metrics.overflows.inc()
@@ -120,6 +115,7 @@ class StreamSession:
         finally:
             if timer is not None:
                 timer.cancel()
+            self._hub.unsubscribe(sub)
 
     async def _poll(self) -> list[StreamEvent]:
         """Postgres' events of the request; none when it cannot answer now (pool timeout,

@@ -7,12 +7,12 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
-from fastapi.responses import StreamingResponse
 
 from infra.http import BadRequest, NotFound
 from query_api import views
 from query_api.deps import AppState, CurrentUser, State
 from query_api.events import Position
+from query_api.sse_response import SseResponse
 from query_api.stream import StreamSession
 
 router = APIRouter(prefix="/v1/chat/completions", tags=["completions"])
@@ -89,7 +89,7 @@ async def stream_completion(
     request_id: str,
     starting_after: str | None = None,
     last_event_id: Annotated[str | None, Header()] = None,
-) -> StreamingResponse:
+) -> SseResponse:
     """SSE: chunk/reset/done/error events; resumes after `Last-Event-ID`/`starting_after`."""
     try:
         resume = Position.parse(last_event_id or starting_after)
@@ -103,8 +103,6 @@ async def stream_completion(
     session = StreamSession(
         state.settings, state.hub, state.durable, state.metrics, request_id, resume
     )
-    return StreamingResponse(
-        session.events(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    return SseResponse(
+        session.events(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )

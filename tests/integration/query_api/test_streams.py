@@ -291,3 +291,33 @@ async def test_a_queued_request_gets_heartbeats(
 
     await asyncio.wait_for(read(), 5)
     assert lines == [": ping"]
+
+
+async def test_a_client_that_goes_away_frees_its_subscription(
+    client: httpx.AsyncClient,
+    users: Users,
+    infra_settings: InfraSettings,
+    producer: AIOKafkaProducer,
+) -> None:
+    gen = Gen(infra_settings, producer)
+    await gen.submit()
+    await gen.start(1)
+    await gen.chunks(1, range(2))
+    got = await read_sse(client, gen.url, users.headers("alice"), until_end=False, max_events=2)
+    assert [e.id for e in got] == ["1:0", "1:1"]  # read_sse hung up after two events
+
+    async def subscribers() -> float:
+        text = (await client.get("/metrics")).text
+        line = next(x for x in text.splitlines() if x.startswith("chatlog_query_subscribers "))
+        return float(line.split()[1])
+
+    for _ in range(100):
+        if await subscribers() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await subscribers() == 0
+    # the generation goes on for whoever comes back: the rest is still served
+    await gen.chunks(1, range(2, 4))
+    await gen.finish(1, 4)
+    rest = await read_sse(client, gen.url, users.headers("alice", **{"Last-Event-ID": "1:1"}))
+    assert ids(rest) == ["1:2", "1:3", "1:done"]
