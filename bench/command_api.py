@@ -6,25 +6,29 @@ on the shared test stack (Kafka 29092, Postgres 25432 unless CHATLOG_BENCH_* say
 otherwise), each under the same closed-loop load: CONCURRENCY keep-alive connections, each
 sending the next prompt when the previous answer arrived, for DURATION seconds after a
 warm-up. Default limits (60 prompts/min, 8 running generations per user: nothing
-completes, no inference runs here), so prompts cycle over many users (8,192) to stay
-under them: every prompt still pays for both checks. Prompts ask for the 202 at once
+completes, no inference runs here), so prompts cycle over many users (--users, 32,768) to
+stay under them: every prompt still pays for both checks. Prompts ask for the 202 at once
 (`Prefer: respond-async`). `--baseline-root DIR` adds a third target, the `command_api`
-package in DIR (e.g. a copy of the previous version), in the same slices; `--baseline-env`
-sets knobs for it only (A/B). CPU ms per request of the server, Postgres, Kafka and the load
-generator are reported; `--pyspy FILE` records the server with py-spy.
+package in DIR (e.g. a copy of the previous version), in the same slices, on its own
+database and topics (each server installs its own SQL functions at start); `--baseline-env`
+sets knobs for it only (A/B). CPU ms per request of the server, the Postgres backends of
+its database, Kafka and the load generator are reported; `--pyspy FILE` records the server
+with py-spy. Take the benchmark lock (the cores are shared):
 
-    CHATLOG_TEST_KEEP=1 .venv/bin/python bench/command_api.py --duration 30 --rounds 5 \
-        --concurrency 64 --baseline-root /tmp/cmdbase
+    flock /tmp/chatlog-bench.lock env CHATLOG_TEST_KEEP=1 .venv/bin/python bench/command_api.py \
+        --duration 20 --rounds 4 --concurrency 64 --baseline-root /tmp/cmdbase
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import itertools
 import json
 import os
+import secrets
 import signal
 import statistics
 import subprocess
@@ -36,7 +40,7 @@ from pathlib import Path
 
 import httpx
 
-from infra.auth import apply_auth_ddl, create_key
+from infra.auth import KEY_PREFIX, apply_auth_ddl, hash_key
 from infra.clients import pg_connect
 from infra.harness import Services, isolated_settings
 from infra.settings import LOCAL_MEILI_KEY
@@ -154,11 +158,12 @@ def processes(match: str) -> list[int]:
     return found + [pid for pid, ppid in parents.items() if ppid in found]
 
 
-def cpu_groups(server: int, data_dir: str) -> dict[str, list[int]]:
-    """Who burns CPU per request: the server, Postgres (postmaster + backends), the broker."""
+def cpu_groups(server: int, data_dir: str, database: str) -> dict[str, list[int]]:
+    """Who burns CPU per request: the server, Postgres (the backends serving the bench's own
+    database: the shared server also runs the other engineers' work), the broker."""
     return {
         "server": [server, *children(server)],  # uvicorn workers, if several
-        "postgres": processes(f"bin/postgres -D {data_dir}/postgres/"),
+        "postgres": processes(f" {database} "),  # backend titles: "postgres: USER DB HOST"
         "kafka": processes(f"{data_dir}/kafka/server.properties"),
         "loadgen": [os.getpid()],
     }
@@ -282,10 +287,25 @@ def main() -> None:
     bare = ROOT / ".chatlog" / "bench_bare_app.py"
     bare.write_text(BARE_APP)
     procs: list[subprocess.Popen[bytes]] = []
-    with isolated_settings(services, f"bench_command_{uuid.uuid4().hex[:4]}") as infra:
-        with pg_connect(infra) as conn:
-            apply_auth_ddl(conn)
-            keys = [create_key(conn, f"bench-{i}") for i in range(a.users)]
+    with contextlib.ExitStack() as stack:
+        infra = stack.enter_context(
+            isolated_settings(services, f"bench_command_{uuid.uuid4().hex[:4]}")
+        )
+        keys = [KEY_PREFIX + secrets.token_urlsafe(32) for _ in range(a.users)]
+        # The baseline gets its own database and topics (same users and keys): it applies
+        # its own DDL at start, which must not replace the functions the other target runs.
+        base_infra = infra
+        if a.baseline_root:
+            base_infra = stack.enter_context(
+                isolated_settings(services, f"bench_command_base_{uuid.uuid4().hex[:4]}")
+            )
+        for target in {infra.postgres_url: infra, base_infra.postgres_url: base_infra}.values():
+            with pg_connect(target) as conn, conn.transaction():
+                apply_auth_ddl(conn)
+                conn.cursor().executemany(
+                    "INSERT INTO command.api_keys (key_hash, user_id, hint) VALUES (%s, %s, %s)",
+                    [(hash_key(k), f"bench-{i}", k[:7]) for i, k in enumerate(keys)],
+                )
         cmd_env = {
             **env,
             "CHATLOG_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
@@ -320,7 +340,12 @@ def main() -> None:
             args = ["-c", PROFILED.format(path=a.profile)] if a.profile else ["-m", "command_api"]
             procs.append(serve([sys.executable, *args], cmd_env, a.port + 1))
             if a.baseline_root:  # cwd first on sys.path: its command_api shadows ours
-                base_env = {**cmd_env, "CHATLOG_COMMAND_PORT": str(a.port + 2)}
+                base_env = {
+                    **cmd_env,
+                    "CHATLOG_TOPIC_PREFIX": base_infra.topic_prefix,
+                    "CHATLOG_POSTGRES_URL": base_infra.postgres_url,
+                    "CHATLOG_COMMAND_PORT": str(a.port + 2),
+                }
                 base_env.update(kv.split("=", 1) for kv in a.baseline_env)
                 procs.append(serve_in(a.baseline_root, base_env, a.port + 2))
             if a.pyspy:
@@ -331,8 +356,10 @@ def main() -> None:
                     stdout=subprocess.DEVNULL,
                 )  # fmt: skip
             data = str(services.home / "data")
+            databases = [i.postgres_url.rsplit("/", 1)[1] for i in (infra, infra, base_infra)]
             a.cpu = [
-                functools.partial(cpu_groups, proc.pid, data) for proc in procs
+                functools.partial(cpu_groups, proc.pid, data, db)
+                for proc, db in zip(procs, databases, strict=False)
             ]  # [bare, command, baseline]
             rounds = asyncio.run(run_rounds(a, keys))
         finally:

@@ -17,11 +17,13 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from psycopg_pool import AsyncConnectionPool
 
 from command_api.ddl import apply_command_ddl
 from command_api.deps import Context
 from command_api.eventlog import KafkaEventLog
+from command_api.fastpath import DirectRoute
 from command_api.metrics import Metrics, MetricsMiddleware
 from command_api.prompts import PromptService
 from command_api.readmodel import ReadModel
@@ -32,6 +34,7 @@ from command_api.upstream import StreamSource
 from infra.auth import KeyResolver
 from infra.clients import apply_read_model_ddl, check_idle_connection, pg_connect
 from infra.http import ApiError, install_error_handlers
+from infra.runtime import tune_gc
 
 log = logging.getLogger(__name__)
 JANITOR_PERIOD_S = 600.0
@@ -54,9 +57,15 @@ def create_app(settings: CommandSettings | None = None, **overrides: Any) -> Fas
     app = FastAPI(title="chatlog command API", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     _count_rejections(app, metrics)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
     for module in (completions, conversations, health):
         app.include_router(module.router)
+    accept = next(
+        r
+        for r in completions.router.routes
+        if isinstance(r, APIRoute) and r.endpoint is completions.create_chat_completion
+    )
+    app.add_middleware(DirectRoute, owner=app, route=accept, method="POST")  # inner
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outer: it times both
     return app
 
 
@@ -94,6 +103,11 @@ async def _running(settings: CommandSettings, metrics: Metrics) -> AsyncIterator
             metrics=metrics,
         )
         janitor = asyncio.create_task(_janitor(store))
+        # Everything alive now (modules, schemas, the app) lives as long as the process:
+        # out of the collector's sight, a full collection no longer walks it. Measured under
+        # load: full collections stalled the event loop ~57 ms each, every ~1.5 s, which was
+        # the accept latency's p99.
+        tune_gc()
         yield ctx
     finally:
         if janitor:

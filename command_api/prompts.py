@@ -174,7 +174,7 @@ class PromptService:
         )
         # Shielded: a client that goes away must not leave an admitted-but-unsent request.
         await asyncio.shield(self._append_or_revoke(event, new, expected_last))
-        self._metrics.events.labels(event.event_type).inc()
+        self._metrics.appended(event.event_type)
         return Accepted(
             request_id,
             conversation_id,

@@ -8,14 +8,14 @@ import gc
 def tune_gc() -> None:
     """Fewer, cheaper garbage collections for a server that holds many live objects.
 
-    Measured in the query API (1,000 SSE streams x 20 events/s, `bench/query_api.py`): its
-    hub keeps every live request's chunks, hundreds of thousands of small objects, and
-    with CPython's default thresholds a full collection walked all of them about once a
-    second: collections were ~40 % of the process's CPU and each full one paused the
-    event loop ~200 ms (most of the stream's p99). Start-up's objects are frozen (never
-    scanned again) and collections run after 100x more allocations. Reference counting
-    still frees everything acyclic at once, and cycles are still collected.
-    Call it once, in the process's entry point, after the app is built.
+    Measured in both APIs under load: with CPython's default thresholds a full collection
+    walked every object alive (the imported modules, and in the query API the hub's
+    buffered chunks, hundreds of thousands at 1,000 streams) every second or so, pausing
+    the event loop 50-200 ms each time: that was most of the accept path's and the SSE
+    streams' p99, and ~40 % of the query API's CPU at 20,000 events/s. Objects alive now
+    are frozen (never scanned again) and collections run after 100x more allocations.
+    Reference counting still frees everything acyclic at once; cycles are still collected.
+    Call it once start-up is done (the app built, its dependencies connected).
     """
     gc.freeze()
     gc.set_threshold(70_000, 20, 100)

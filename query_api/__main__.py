@@ -6,7 +6,6 @@ import logging
 
 import uvicorn
 
-from infra.runtime import tune_gc
 from query_api.app import create_app
 from query_api.settings import QuerySettings
 
@@ -14,10 +13,8 @@ from query_api.settings import QuerySettings
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = QuerySettings()
-    app = create_app(settings)
-    tune_gc()
     uvicorn.run(
-        app,
+        create_app(settings),
         host=settings.query_host,
         port=settings.query_port,
         # what "auto" picks when installed, pinned so that a missing wheel fails loudly

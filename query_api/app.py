@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from infra.auth import KeyResolver
 from infra.clients import ensure_topics
 from infra.http import install_error_handlers
+from infra.runtime import tune_gc
 from query_api.db import make_pool
 from query_api.deps import AppState
 from query_api.durable import DurableSource
@@ -57,6 +58,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await wait_for_dependencies(state)
+        tune_gc()  # the hub's buffers would otherwise make full collections stall streams
         state.ready = True
         try:
             yield

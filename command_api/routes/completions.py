@@ -167,7 +167,7 @@ async def cancel_chat_completion(
     except BaseException:
         await asyncio.shield(ctx.store.unmark_cancel_requested(request_id))
         raise
-    ctx.metrics.events.labels(event.event_type).inc()
+    ctx.metrics.appended(event.event_type)
     return JSONResponse(
         _state(request_id, req.conversation_id, state.status, True), status_code=202
     )

@@ -50,7 +50,7 @@ async def rename_conversation(
         traceparent=traceparent_for(traceparent),
     )
     await asyncio.shield(ctx.log.append(event))
-    ctx.metrics.events.labels(event.event_type).inc()
+    ctx.metrics.appended(event.event_type)
     return {"id": conversation_id, "object": "conversation", "title": title}
 
 
@@ -73,5 +73,5 @@ async def delete_conversation(
     except BaseException:
         await asyncio.shield(ctx.store.mark_deleted(conversation_id, deleted=False))
         raise
-    ctx.metrics.events.labels(event.event_type).inc()
+    ctx.metrics.appended(event.event_type)
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}

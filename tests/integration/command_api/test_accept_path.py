@@ -123,3 +123,19 @@ async def test_connections_postgres_dropped_are_replaced_without_failing_a_promp
         for i in range(6):
             resp = await client.post("/v1/chat/completions", json=prompt(f"{i}"), headers=auth)
             assert resp.status_code == 202, resp.text
+
+
+async def test_the_direct_accept_route_keeps_metrics_errors_and_other_routes(client, new_user):
+    _, auth = new_user()
+    ok = await client.post("/v1/chat/completions", json=prompt(), headers=auth)
+    assert ok.status_code == 202, ok.text
+    bad = await client.post("/v1/chat/completions", json={"model": "x"}, headers=auth)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
+    # Not the direct route: FastAPI's routing answers these as before.
+    assert (await client.get("/v1/chat/completions", headers=auth)).status_code == 405
+    slash = await client.post("/v1/chat/completions/", json=prompt(), headers=auth)
+    assert slash.status_code in (307, 404)
+    text = (await client.get("/metrics")).text
+    labels = 'route="/v1/chat/completions",status="202"'
+    assert any(labels in line for line in text.splitlines())
+    assert 'chatlog_command_rejections_total{reason="invalid_value"}' in text
