@@ -26,7 +26,7 @@ from command_api.errors import EventLogUnavailable
 from command_api.settings import CommandSettings
 from infra.clients import aio_producer
 from schemas import Event
-from schemas.codec import encode_fast
+from schemas.wire import encode_fast
 
 log = logging.getLogger(__name__)
 

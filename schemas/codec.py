@@ -10,9 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import struct
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -281,86 +279,3 @@ def _from_avro(cls: type[Event], record: dict[str, Any]) -> Event:
     if "usage" in kwargs:
         kwargs["usage"] = Usage(**kwargs["usage"])
     return cls(**kwargs)
-
-
-def encode_fast(event: Event) -> tuple[bytes, Headers]:
-    """`encode(event)`, byte for byte, and for a PromptSubmitted in a fraction of the time.
-
-    The command API encodes one PromptSubmitted per accepted prompt; fastavro spends most
-    of its ~10 us per call on set-up, not on the few bytes. Schema v1's fields are written
-    here by hand, in order (strings and longs as Avro's varints, doubles little-endian,
-    unions as the branch index then the value, arrays as one block). Anything else (another
-    event type or schema version, a naive timestamp, a value of a type v1 does not expect)
-    goes through `encode`, which encodes or raises exactly as always. Tests compare the two
-    on many events.
-    """
-    if event.event_type != "PromptSubmitted" or current_version("PromptSubmitted") != 1:
-        return encode(event)
-    e: Any = event
-    p = e.params
-    if (
-        e.occurred_at.tzinfo is None
-        or type(p.max_tokens) is not int
-        or not -(2**31) <= p.max_tokens < 2**31
-        or type(p.temperature) is not float
-        or type(p.top_p) is not float
-        or (p.seed is not None and (type(p.seed) is not int or not -(2**63) <= p.seed < 2**63))
-    ):
-        return encode(event)
-    out = bytearray()
-    try:
-        _put_string(out, e.event_id)
-        delta = e.occurred_at - _EPOCH
-        _put_long(out, (delta.days * 86400 + delta.seconds) * 1000 + delta.microseconds // 1000)
-        _put_string(out, e.request_id)
-        _put_string(out, e.conversation_id)
-        _put_string(out, e.user_id)
-        _put_string(out, e.model)
-        if e.messages:
-            _put_long(out, len(e.messages))
-            for m in e.messages:
-                _put_string(out, m.role)
-                _put_string(out, m.content)
-        out.append(0)  # end of the array
-        _put_long(out, p.max_tokens)
-        out += _DOUBLE.pack(p.temperature)
-        out += _DOUBLE.pack(p.top_p)
-        if p.stop:
-            _put_long(out, len(p.stop))
-            for stop in p.stop:
-                _put_string(out, stop)
-        out.append(0)
-        if p.seed is None:
-            out.append(0)
-        else:
-            out.append(2)
-            _put_long(out, p.seed)
-        for optional in (e.parent_request_id, e.idempotency_key, e.traceparent):
-            if optional is None:
-                out.append(0)
-            else:
-                out.append(2)
-                _put_string(out, optional)
-    except (AttributeError, TypeError, ValueError):  # not a (valid) str where v1 has one
-        return encode(event)
-    return bytes(out), [(EVENT_TYPE_HEADER, b"PromptSubmitted"), (SCHEMA_VERSION_HEADER, b"1")]
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_DOUBLE = struct.Struct("<d")
-
-
-def _put_long(out: bytearray, n: int) -> None:
-    n = (n << 1) ^ (n >> 63)  # zig-zag: small magnitudes, small varints
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-
-
-def _put_string(out: bytearray, text: str) -> None:
-    if type(text) is not str:
-        raise TypeError(text)
-    data = text.encode()
-    _put_long(out, len(data))
-    out += data

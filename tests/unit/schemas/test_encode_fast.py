@@ -1,4 +1,4 @@
-"""`schemas.codec.encode_fast` (the accept path's encoder) must be `encode`, byte for byte."""
+"""`schemas.wire.encode_fast` (the accept path's encoder) must be `encode`, byte for byte."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from schemas import ChatMessage, ConversationRenamed, GenerationParams, PromptSubmitted, decode
-from schemas.codec import encode, encode_fast
+from schemas.codec import encode
+from schemas.wire import encode_fast
 
 TEXTS = [
     "",
