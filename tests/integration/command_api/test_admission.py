@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from command_api.store import CommandStore
+from command_api.store import CommandStore, _AdmitItem
 from infra.auth import create_key, hash_key
 from infra.clients import pg_connect
 from tests.integration.command_api.conftest import command_settings, running_client
@@ -112,7 +112,7 @@ async def test_concurrent_batches_over_shared_users_neither_deadlock_nor_oversho
             admitted = []
             for _ in range(6):  # distinct users per batch, in a random order
                 picked = rng.sample(users, 8)
-                items = [("", u, _id("r"), _id("c"), True, None) for u in picked]
+                items: list[_AdmitItem] = [("", u, _id("r"), _id("c"), True, None) for u in picked]
                 got = await store._admit_many(items)
                 admitted += [u for u, a in zip(picked, got, strict=True) if a.verdict == "ok"]
             return admitted
