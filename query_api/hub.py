@@ -158,6 +158,7 @@ class Hub:
         self._buffers: dict[str, RequestBuffer] = {}
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._owners: OrderedDict[str, Owner] = OrderedDict()
+        self._owner_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._consumer: Consumer | None = None
         # librdkafka fetches and parses in its own threads; this one thread only waits for
         # records and hands them over, so the event loop never blocks on Kafka
@@ -295,6 +296,9 @@ class Hub:
         self._owners.move_to_end(event.request_id)
         while len(self._owners) > self._settings.owners_max:
             self._owners.popitem(last=False)
+        for waiter in self._owner_waiters.pop(event.request_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _fold(self, event: Any, partition: int, offset: int) -> None:
         if isinstance(event, TokenChunk):
@@ -460,6 +464,27 @@ class Hub:
                 del self._subscribers[sub.request_id]
 
     def owner(self, request_id: str) -> Owner | None:
+        return self._owners.get(request_id)
+
+    async def wait_owner(self, request_id: str, timeout_s: float) -> Owner | None:
+        """The request's owner as soon as the hub reads its PromptSubmitted (None after
+        `timeout_s`). A client opens its stream milliseconds after the POST, often before
+        the hub's next fetch: waking on arrival instead of polling saves it a poll period."""
+        owner = self._owners.get(request_id)
+        if owner is not None or timeout_s <= 0:
+            return owner
+        waiter = asyncio.get_running_loop().create_future()
+        waiters = self._owner_waiters.setdefault(request_id, [])
+        waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters and self._owner_waiters.get(request_id) is waiters:
+                del self._owner_waiters[request_id]
         return self._owners.get(request_id)
 
     def saw_submitted(self, request_id: str) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Annotated, Any
 
@@ -16,6 +15,7 @@ from query_api.sse_response import SseResponse
 from query_api.stream import StreamSession
 
 router = APIRouter(prefix="/v1/chat/completions", tags=["completions"])
+OWNER_POLL_S = 0.25  # how often an unknown request's owner is re-read from Postgres
 
 
 async def require_owner(state: AppState, user: str, request_id: str) -> None:
@@ -27,17 +27,20 @@ async def require_owner(state: AppState, user: str, request_id: str) -> None:
     the POST that created it.
     """
     deadline = time.monotonic() + state.settings.owner_wait_s
+    owner = state.hub.owner(request_id)
     while True:
-        owner = state.hub.owner(request_id)
         owner_id = owner.user_id if owner else None
         if owner_id is None:
             async with state.pool.connection() as conn:
                 owner_id = await views.owner_of(conn, request_id)
         if owner_id == user:
             return
-        if owner_id is not None or time.monotonic() >= deadline:
+        remaining = deadline - time.monotonic()
+        if owner_id is not None or remaining <= 0:
             raise NotFound(f"No completion {request_id!r}.", param="request_id")
-        await asyncio.sleep(0.1)
+        # woken the moment the hub reads the PromptSubmitted; Postgres re-checked between
+        # (a request older than the hub reaches only Postgres)
+        owner = await state.hub.wait_owner(request_id, min(remaining, OWNER_POLL_S))
 
 
 @router.get("/{request_id}")

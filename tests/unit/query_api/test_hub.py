@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from query_api.hub import Hub
 from query_api.settings import QuerySettings
-from schemas.events import CompletionFinished, CompletionStarted, TokenChunk, Usage
+from schemas.events import (
+    ChatMessage,
+    CompletionFinished,
+    CompletionStarted,
+    GenerationParams,
+    PromptSubmitted,
+    TokenChunk,
+    Usage,
+)
 
 RID, CID = "req-h", "conv-h"
 
@@ -77,3 +87,36 @@ def test_finished_requests_are_swept_once_unwatched() -> None:
     assert hub.sweep(now=1e12) == 0  # watched
     hub.unsubscribe(sub)
     assert hub.sweep(now=1e12) == 1 and hub.buffered_requests == 0
+
+
+def prompt(request_id: str) -> PromptSubmitted:
+    return PromptSubmitted(
+        request_id=request_id,
+        conversation_id="c",
+        user_id="alice",
+        model="m",
+        messages=(ChatMessage("user", "hi"),),
+        params=GenerationParams(max_tokens=4),
+    )
+
+
+async def test_a_waiter_for_an_owner_wakes_when_the_prompt_arrives() -> None:
+    hub = make_hub()
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.ensure_future(hub.wait_owner("r1", timeout_s=5))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    started = loop.time()
+    hub._learn_owner(prompt("r1"))
+    owner = await waiting
+    assert owner is not None and owner.user_id == "alice"
+    assert loop.time() - started < 0.05  # woken by the arrival, not by a poll
+    assert hub._owner_waiters == {}
+
+
+async def test_waiting_for_an_owner_that_never_comes_times_out_and_forgets() -> None:
+    hub = make_hub()
+    assert await hub.wait_owner("r2", timeout_s=0.05) is None
+    assert hub._owner_waiters == {}
+    hub._learn_owner(prompt("r3"))
+    assert await hub.wait_owner("r3", timeout_s=5) is not None  # known: at once
