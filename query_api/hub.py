@@ -322,7 +322,7 @@ class Hub:
         out = self._to_stream_event(event, buf)
         if out.kind in ("done", "error"):
             buf.terminal = out
-        self._fan_out(event.request_id, out)
+        self._fan_out(self._subscribers.get(event.request_id), out)
 
     def _buffer_for(
         self, request_id: str, attempt: int, partition: int, offset: int
@@ -379,8 +379,7 @@ class Hub:
             wire=chunk_frame(request_id, attempt, seq, text, token_count) if subs else b"",
         )
         chunks.append(out)
-        if subs:
-            self._fan_out(request_id, out)
+        self._fan_out(subs, out)
 
     def _to_stream_event(
         self, event: CompletionStarted | CompletionFinished | CompletionFailed, buf: RequestBuffer
@@ -433,8 +432,8 @@ class Hub:
             first_seq=buf.first_seq,
         )
 
-    def _fan_out(self, request_id: str, event: StreamEvent) -> None:
-        subs = self._subscribers.get(request_id)
+    def _fan_out(self, subs: set[Subscriber] | None, event: StreamEvent) -> None:
+        """`event` to the request's subscribers (`subs`: the caller has looked them up)."""
         if not subs:
             return
         for sub in tuple(subs):
