@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 class SseResponse(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, frames: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+    def __init__(self, frames: AsyncGenerator[bytes, None], headers: Mapping[str, str]) -> None:
         self._frames = frames
         self.status_code = 200
         self.background = None
@@ -46,16 +46,10 @@ class SseResponse(Response):
             async for data in self._frames:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
         finally:
-            await _aclose(self._frames)
+            await self._frames.aclose()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-async def _aclose(frames: AsyncIterator[bytes]) -> None:
-    aclose = getattr(frames, "aclose", None)
-    if aclose is not None:
-        await aclose()

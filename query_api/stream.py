@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from query_api.assembler import Assembler, Out
 from query_api.durable import DurableSource, StreamIncomplete
@@ -38,7 +38,7 @@ class StreamSession:
         self._request_id = request_id
         self._asm = Assembler(request_id, resume)
 
-    async def events(self) -> AsyncIterator[bytes]:
+    async def events(self) -> AsyncGenerator[bytes, None]:
         """The SSE byte stream; ends after done/error (or at once if resumed after done).
 
         Catch-up and live delivery in ONE generator: every live frame of every stream
