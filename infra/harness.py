@@ -185,11 +185,11 @@ def isolated_settings(services: Services, name: str) -> Iterator[InfraSettings]:
 
 
 def _delete_topics(bootstrap: str, topics: list[str]) -> None:
-    """Delete and WAIT: a request left in flight dies with its AdminClient, and the topics
-    pile up on the shared broker (1,500 leftover topics made every broker task slower)."""
-    futures = AdminClient({"bootstrap.servers": bootstrap}).delete_topics(
-        topics, operation_timeout=10
-    )
+    """Delete and WAIT, holding the client: a request in flight dies with its AdminClient
+    (its futures do not keep it alive), and the topics pile up on the shared broker
+    (1,500 leftover topics made every broker task slower)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.delete_topics(topics, operation_timeout=10)
     for future in futures.values():
         with contextlib.suppress(Exception):  # already gone, or the broker is: nothing to do
             future.result(timeout=15)

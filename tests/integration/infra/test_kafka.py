@@ -7,8 +7,10 @@ import uuid
 
 import pytest
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
 from infra.clients import producer_config
+from infra.harness import Services, isolated_settings
 from infra.settings import InfraSettings
 from schemas import Event, decode, encode
 from tests.unit.schemas.test_codec import SAMPLES
@@ -17,8 +19,6 @@ pytestmark = pytest.mark.integration
 
 
 def test_topics_have_the_architecture_partition_count(infra_settings: InfraSettings) -> None:
-    from confluent_kafka.admin import AdminClient
-
     meta = AdminClient({"bootstrap.servers": infra_settings.kafka_bootstrap}).list_topics(
         timeout=10
     )
@@ -75,3 +75,11 @@ def test_every_event_round_trips_through_kafka_in_order_per_key(
         assert [e for e in received if e.key == conversation] == [
             e for e in sent if e.key == conversation
         ]
+
+
+def test_isolated_settings_removes_its_topics_on_exit(services: Services) -> None:
+    with isolated_settings(services, "cleanup") as settings:
+        names = list(settings.topics.all())
+        admin = AdminClient({"bootstrap.servers": services.kafka_bootstrap})
+        assert set(names) <= set(admin.list_topics(timeout=10).topics)
+    assert not set(names) & set(admin.list_topics(timeout=10).topics)
