@@ -128,38 +128,38 @@ def encode_fast(event: Event) -> tuple[bytes, Headers]:
         return encode(event)
     out = bytearray()
     try:
-        _put_string(out, e.event_id)
+        put_string(out, e.event_id)
         delta = e.occurred_at - _EPOCH
-        _put_long(out, (delta.days * 86400 + delta.seconds) * 1000 + delta.microseconds // 1000)
-        _put_string(out, e.request_id)
-        _put_string(out, e.conversation_id)
-        _put_string(out, e.user_id)
-        _put_string(out, e.model)
+        put_long(out, (delta.days * 86400 + delta.seconds) * 1000 + delta.microseconds // 1000)
+        put_string(out, e.request_id)
+        put_string(out, e.conversation_id)
+        put_string(out, e.user_id)
+        put_string(out, e.model)
         if e.messages:
-            _put_long(out, len(e.messages))
+            put_long(out, len(e.messages))
             for m in e.messages:
-                _put_string(out, m.role)
-                _put_string(out, m.content)
+                put_string(out, m.role)
+                put_string(out, m.content)
         out.append(0)  # end of the array
-        _put_long(out, p.max_tokens)
+        put_long(out, p.max_tokens)
         out += _DOUBLE.pack(p.temperature)
         out += _DOUBLE.pack(p.top_p)
         if p.stop:
-            _put_long(out, len(p.stop))
+            put_long(out, len(p.stop))
             for stop in p.stop:
-                _put_string(out, stop)
+                put_string(out, stop)
         out.append(0)
         if p.seed is None:
             out.append(0)
         else:
             out.append(2)
-            _put_long(out, p.seed)
+            put_long(out, p.seed)
         for optional in (e.parent_request_id, e.idempotency_key, e.traceparent):
             if optional is None:
                 out.append(0)
             else:
                 out.append(2)
-                _put_string(out, optional)
+                put_string(out, optional)
     except (AttributeError, TypeError, ValueError):  # not a (valid) str where v1 has one
         return encode(event)
     return bytes(out), [(EVENT_TYPE_HEADER, b"PromptSubmitted"), (SCHEMA_VERSION_HEADER, b"1")]
@@ -169,7 +169,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DOUBLE = struct.Struct("<d")
 
 
-def _put_long(out: bytearray, n: int) -> None:
+def put_long(out: bytearray, n: int) -> None:
+    """Append an Avro long (or int): zig-zag, then 7-bit groups, low first."""
     n = (n << 1) ^ (n >> 63)  # zig-zag: small magnitudes, small varints
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -177,9 +178,10 @@ def _put_long(out: bytearray, n: int) -> None:
     out.append(n)
 
 
-def _put_string(out: bytearray, text: str) -> None:
+def put_string(out: bytearray, text: str) -> None:
+    """Append an Avro string: its UTF-8 length as a long, then the bytes."""
     if type(text) is not str:
         raise TypeError(text)
     data = text.encode()
-    _put_long(out, len(data))
+    put_long(out, len(data))
     out += data
