@@ -23,7 +23,7 @@ import pytest
 from infra.harness import Services, isolated_settings
 from infra.settings import InfraSettings
 from infra.system import System, component
-from tests.e2e.conftest import SCRIPTED_MODEL, User, running_system
+from tests.e2e.conftest import SCRIPTED_MODEL, User
 from tests.e2e.faults import (
     Acked,
     assert_consistent,
@@ -57,18 +57,9 @@ def infra_settings(
     fault_services: Services, request: pytest.FixtureRequest
 ) -> Iterator[InfraSettings]:
     """Overrides the harness's: this module's topics, database and index live on the
-    private stack."""
+    private stack (and so does tests/e2e/conftest.py's `system`, which takes this one)."""
     with isolated_settings(fault_services, request.module.__name__) as settings:
         yield settings
-
-
-@pytest.fixture(scope="module")
-def system(
-    infra_settings: InfraSettings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[System]:
-    """tests/e2e/conftest.py's system, on this module's private stack."""
-    with running_system(infra_settings, tmp_path_factory.mktemp("faults")) as sys_:
-        yield sys_
 
 
 # -- helpers ----------------------------------------------------------------------------------
