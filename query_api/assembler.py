@@ -60,6 +60,22 @@ class Assembler:
             return None
         return Gap(ev.attempt, next_seq, None)
 
+    def is_next_chunk(self, ev: StreamEvent) -> bool:
+        """`ev` is exactly the chunk the client needs next, in its current attempt: the
+        live case, which `advance` takes without building an `Out`."""
+        return (
+            ev.seq == self.next_seq
+            and ev.attempt == self.attempt
+            and ev.kind == "chunk"
+            and not self.finished
+        )
+
+    def advance(self, ev: StreamEvent) -> None:
+        """The client now has chunk `ev` (which `is_next_chunk`)."""
+        self.next_seq += 1
+        self.has_content = True
+        self.last_id = f"{ev.attempt}:{ev.seq}"
+
     def accept(self, ev: StreamEvent) -> list[Out]:
         """The SSE events `ev` produces for this client (often none: a duplicate)."""
         if self.finished or ev.attempt < self.attempt:
@@ -74,9 +90,7 @@ class Assembler:
         if ev.kind == "chunk":
             if ev.seq != self.next_seq:
                 return outs  # already sent (or a gap the caller failed to fill)
-            self.next_seq += 1
-            self.has_content = True
-            self.last_id = f"{ev.attempt}:{ev.seq}"
+            self.advance(ev)
             outs.append(
                 Out(
                     "chunk",

@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,19 +62,26 @@ class Subscriber:
     Lighter than an `asyncio.Queue` (no getter/putter deques, no per-get future): the hub
     appends and resolves at most one waiting future; the stream takes everything pending
     in one go. `wake()` also lets a timer (heartbeats, polls) rouse a waiting stream.
+    `direct`, set by an idle stream, delivers an event without queueing it or waking the
+    stream (True: delivered); it is only tried while nothing is queued, so no event
+    overtakes another.
     """
 
-    __slots__ = ("_waiter", "maxsize", "overflowed", "pending", "request_id")
+    __slots__ = ("_waiter", "direct", "maxsize", "overflowed", "pending", "request_id")
 
     def __init__(self, request_id: str, maxsize: int) -> None:
         self.request_id = request_id
         self.maxsize = maxsize
         self.pending: list[StreamEvent] = []
         self.overflowed = False
+        self.direct: Callable[[StreamEvent], bool] | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     def push(self, event: StreamEvent) -> bool:
-        """Queue an event for the stream; False (nothing queued) when the buffer is full."""
+        """Deliver or queue an event for the stream; False (nothing done) when the buffer
+        is full."""
+        if not self.pending and (direct := self.direct) is not None and direct(event):
+            return True
         if len(self.pending) >= self.maxsize:
             return False
         self.pending.append(event)

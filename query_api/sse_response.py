@@ -5,23 +5,28 @@ Why not Starlette's StreamingResponse: this is the per-frame path of every live 
 level per frame and, under ASGI spec < 2.4 (uvicorn's), an anyio task group per response.
 Same status, headers and bytes; a client that goes away is noticed the same way (a task
 reads `receive` for `http.disconnect`) and stops the stream, whose generator then closes
-(unsubscribing from the hub).
+(unsubscribing from the hub). The body goes through one `FrameWriter`, which the stream
+may also hand to the hub for its live chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from query_api.frame_writer import FrameWriter
+
+Frames = Callable[[FrameWriter], AsyncGenerator[bytes, None]]
 
 
 class SseResponse(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, frames: AsyncGenerator[bytes, None], headers: Mapping[str, str]) -> None:
+    def __init__(self, frames: Frames, headers: Mapping[str, str]) -> None:
         self._frames = frames
         self.status_code = 200
         self.background = None
@@ -42,11 +47,15 @@ class SseResponse(Response):
 
     async def _stream(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        writer = FrameWriter(send)
+        frames = self._frames(writer)
         try:
-            async for data in self._frames:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
+            async for data in frames:
+                await writer.write(data)
+            await writer.flush()
         finally:
-            await self._frames.aclose()
+            await frames.aclose()  # unsubscribes: the hub writes no more
+            writer.abandon()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -2,6 +2,9 @@
 
 The generator yields ready-made SSE bytes; several events that are already queued leave in
 one write, so a busy stream costs one socket write per hub batch rather than per event.
+Given the response's `FrameWriter`, an idle stream lets the hub write its next in-order
+chunk itself (`query_api.frame_writer` says why); anything else (a new attempt, a gap, the
+end, a write still in flight) is queued and wakes the stream, as without one.
 """
 
 from __future__ import annotations
@@ -9,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from query_api.assembler import Assembler, Out
 from query_api.durable import DurableSource, StreamIncomplete
 from query_api.events import Position, StreamEvent
+from query_api.frame_writer import FrameWriter
 from query_api.hub import Hub
 from query_api.metrics import Metrics
 from query_api.settings import QuerySettings
@@ -37,9 +41,12 @@ class StreamSession:
         self._settings, self._hub, self._durable, self._metrics = settings, hub, durable, metrics
         self._request_id = request_id
         self._asm = Assembler(request_id, resume)
+        self._last_write = 0.0  # monotonic: the heartbeat is due heartbeat_s after it
 
-    async def events(self) -> AsyncGenerator[bytes, None]:
+    async def events(self, writer: FrameWriter | None = None) -> AsyncGenerator[bytes, None]:
         """The SSE byte stream; ends after done/error (or at once if resumed after done).
+        With `writer`, the hub writes in-order live chunks through it while the stream
+        waits; the generator yields the rest, for the same writer to write.
 
         Catch-up and live delivery in ONE generator: every live frame of every stream
         passes each generator level once, so there is only one.
@@ -47,6 +54,7 @@ class StreamSession:
         if self._asm.finished:
             return
         s = self._settings
+        direct = self._direct(writer) if writer is not None else None
         sub, snap = self._hub.subscribe(self._request_id)
         # One timer per idle period (heartbeat, or the Postgres poll of a request the hub
         # has nothing of), re-armed only when it fires: not a timer per awaited event.
@@ -71,7 +79,7 @@ class StreamSession:
             # older than the hub); 1,000 queued clients polling would starve the pool.
             polling = snap is None and not self._hub.saw_submitted(self._request_id)
             loop = asyncio.get_running_loop()
-            last_write = time.monotonic()
+            self._last_write = time.monotonic()
             while not self._asm.finished:
                 if sub.overflowed:
                     self._metrics.overflows.inc()
@@ -84,10 +92,14 @@ class StreamSession:
                 batch = sub.take()
                 if not batch:
                     if timer is None:
-                        due = last_write + s.heartbeat_s - time.monotonic()
+                        due = self._last_write + s.heartbeat_s - time.monotonic()
                         wait = min(due, s.idle_poll_s) if polling else due
                         timer = loop.call_later(max(0.0, wait), tick)
-                    await sub.wait()
+                    sub.direct = None if polling else direct  # Postgres may know more
+                    try:
+                        await sub.wait()
+                    finally:
+                        sub.direct = None
                     batch = sub.take()
                     if not batch:
                         if not ticked:
@@ -98,8 +110,8 @@ class StreamSession:
                         if polling:
                             batch.extend(await self._poll())
                         now = time.monotonic()
-                        if not batch and now - last_write >= s.heartbeat_s:
-                            last_write = now
+                        if not batch and now - self._last_write >= s.heartbeat_s:
+                            self._last_write = now
                             yield PING
                         if not batch:
                             continue
@@ -110,12 +122,29 @@ class StreamSession:
                     yield self._incomplete(exc)
                     return
                 if data:
-                    last_write = time.monotonic()
+                    self._last_write = time.monotonic()
                     yield data
         finally:
+            sub.direct = None
             if timer is not None:
                 timer.cancel()
             self._hub.unsubscribe(sub)
+
+    def _direct(self, writer: FrameWriter) -> Callable[[StreamEvent], bool]:
+        """The hub's way to write an idle stream's next chunk (see `Subscriber.direct`)."""
+        asm, observe = self._asm, self._metrics.delivery_lag.observe
+
+        def deliver(ev: StreamEvent) -> bool:
+            if not (ev.wire and asm.is_next_chunk(ev) and writer.write_now(ev.wire)):
+                return False  # queued for the stream instead
+            asm.advance(ev)
+            now = time.time()
+            self._last_write = time.monotonic()
+            if ev.occurred_at:
+                observe(max(0.0, now - ev.occurred_at))
+            return True
+
+        return deliver
 
     async def _poll(self) -> list[StreamEvent]:
         """Postgres' events of the request; none when it cannot answer now (pool timeout,

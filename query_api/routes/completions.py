@@ -107,5 +107,5 @@ async def stream_completion(
         state.settings, state.hub, state.durable, state.metrics, request_id, resume
     )
     return SseResponse(
-        session.events(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        session.events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )

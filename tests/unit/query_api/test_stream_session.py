@@ -14,8 +14,17 @@ from query_api.hub import Hub, Snapshot
 from query_api.metrics import Metrics
 from query_api.settings import QuerySettings
 from query_api.sse import PING, chunk_frame, frame
+from query_api.sse_response import SseResponse
 from query_api.stream import StreamSession
-from schemas.events import ChatMessage, GenerationParams, PromptSubmitted, TokenChunk
+from schemas.events import (
+    ChatMessage,
+    CompletionFinished,
+    GenerationParams,
+    PromptSubmitted,
+    TokenChunk,
+    Usage,
+)
+from tests.unit.query_api.test_frame_writer import FlowControlledSend
 
 RID = "req-s"
 
@@ -33,9 +42,14 @@ class NoDurable(DurableSource):
         return []
 
 
-def tok(seq: int) -> TokenChunk:
+def tok(seq: int, attempt: int = 1) -> TokenChunk:
     return TokenChunk(
-        request_id=RID, conversation_id="c", attempt=1, seq=seq, text=f"t{seq}", token_count=1
+        request_id=RID,
+        conversation_id="c",
+        attempt=attempt,
+        seq=seq,
+        text=f"t{seq}",
+        token_count=1,
     )
 
 
@@ -159,3 +173,53 @@ async def test_waiting_streams_poll_postgres_only_for_requests_older_than_the_hu
     assert b"id: 1:0" in await asyncio.wait_for(tasks[0], 1)
     for t in tasks:
         t.cancel()
+
+
+async def test_chunks_the_hub_writes_itself_keep_the_exact_sequence() -> None:
+    """Live in-order chunks are written within the hub's fold (no stream wake-up); a
+    paused socket, a new attempt and the end go through the stream, in order."""
+    settings = QuerySettings(heartbeat_s=30)
+    hub = Hub(settings)
+    metrics = Metrics(lambda: 0, lambda: 0, lambda: 0)
+    session = StreamSession(settings, hub, NoDurable(), metrics, RID, None)
+    send = FlowControlledSend()
+    gone = asyncio.get_running_loop().create_future()
+
+    async def receive() -> dict[str, str]:
+        await gone
+        return {"type": "http.disconnect"}
+
+    response = SseResponse(session.events, headers={})
+    served = asyncio.ensure_future(response({"type": "http"}, receive, send))  # type: ignore[arg-type]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    hub._fold(tok(0), 0, 0)  # the first chunk starts attempt 1: through the stream
+    for _ in range(5):
+        await asyncio.sleep(0)
+    for seq in range(1, 4):
+        written = len(send.bodies)
+        hub._fold(tok(seq), 0, seq)
+        assert len(send.bodies) == written + 1  # written inside the fold
+    send.drained.clear()  # the client stops reading: writes now wait for a drain
+    for seq in range(4, 7):
+        hub._fold(tok(seq), 0, seq)
+    hub._fold(tok(0, attempt=2), 0, 7)  # a retry: the stream writes the reset
+    send.drained.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    hub._fold(tok(1, attempt=2), 0, 8)
+    usage = Usage(prompt_tokens=1, completion_tokens=2)
+    hub._fold(
+        CompletionFinished(
+            request_id=RID, conversation_id="c", attempt=2, finish_reason="stop", usage=usage
+        ),
+        0,
+        9,
+    )
+    await asyncio.wait_for(served, 1)
+    body = b"".join(send.bodies)
+    ids = [line[4:] for line in body.decode().split("\n") if line.startswith("id: ")]
+    assert ids == [f"1:{s}" for s in range(7)] + ["2:0", "2:1", "2:done"]
+    assert body.count(b"event: reset\n") == 1
+    assert body.index(b"event: reset\n") < body.index(b"id: 2:0\n")
+    assert hub.subscriber_count == 0
