@@ -93,6 +93,7 @@ async def run(streams: int, ticks: int, rounds: int) -> list[float]:
             now = time.time()
             for i, rid in enumerate(rids):
                 hub._fold_chunk(rid, 0, seq, " token", 1, now, i % 12, seq * streams + i)
+            hub.write_held()  # as the hub's loop does after each fetched batch
             seq += 1
             await asyncio.sleep(0)  # every woken stream writes its frame
             await asyncio.sleep(0)

@@ -27,6 +27,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from query_api.events import StreamEvent
+from query_api.frame_writer import FrameWriter
 from query_api.settings import QuerySettings
 from query_api.sse import chunk_frame
 from schemas import codec
@@ -62,9 +63,9 @@ class Subscriber:
     Lighter than an `asyncio.Queue` (no getter/putter deques, no per-get future): the hub
     appends and resolves at most one waiting future; the stream takes everything pending
     in one go. `wake()` also lets a timer (heartbeats, polls) rouse a waiting stream.
-    `direct`, set by an idle stream, delivers an event without queueing it or waking the
-    stream (True: delivered); it is only tried while nothing is queued, so no event
-    overtakes another.
+    `direct`, set by an idle stream, takes an event without queueing it or waking the
+    stream (True: taken; its frame is then written by `Hub.write_held`); it is only tried
+    while nothing is queued, so no event overtakes another.
     """
 
     __slots__ = ("_waiter", "direct", "maxsize", "overflowed", "pending", "request_id")
@@ -173,6 +174,8 @@ class Hub:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="query-hub-fetch")
         self._task: asyncio.Task[None] | None = None
         self._positions: dict[tuple[str, int], int] = {}
+        # writers holding live chunks offered during this batch (`Subscriber.direct`)
+        self.held_writers: list[FrameWriter] = []
         self.started_at = 0.0  # epoch seconds: where the hub joined the log
         self.overflows = 0
         self.decode_errors = 0
@@ -246,6 +249,7 @@ class Hub:
                     log.warning("hub fetch: %s", record.error())
                     continue
                 self._handle(record, completions)
+            self.write_held()
             now = time.monotonic()
             if now - last_sweep > 5:
                 self.sweep(now)
@@ -451,6 +455,14 @@ class Hub:
                 self.overflows += 1
                 self.unsubscribe(sub)
                 sub.wake()
+
+    def write_held(self) -> None:
+        """Write the frames this batch's live chunks left with idle streams' writers: one
+        write per client per batch however many of its chunks the batch held."""
+        writers = self.held_writers  # one list for the hub's life: streams keep a reference
+        for writer in writers:
+            writer.write_held()  # never offers: the list does not change meanwhile
+        writers.clear()
 
     # -- subscribers ------------------------------------------------------------------------
     def subscribe(self, request_id: str) -> tuple[Subscriber, Snapshot | None]:

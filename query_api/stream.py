@@ -131,11 +131,13 @@ class StreamSession:
             self._hub.unsubscribe(sub)
 
     def _direct(self, writer: FrameWriter) -> Callable[[StreamEvent], bool]:
-        """The hub's way to write an idle stream's next chunk (see `Subscriber.direct`)."""
+        """The hub's way to hand an idle stream's next chunk straight to its writer (see
+        `Subscriber.direct`); the hub writes it after its batch."""
         asm, observe = self._asm, self._metrics.delivery_lag.observe
+        held = self._hub.held_writers
 
         def deliver(ev: StreamEvent) -> bool:
-            if not (ev.wire and asm.is_next_chunk(ev) and writer.write_now(ev.wire)):
+            if not (ev.wire and asm.is_next_chunk(ev) and writer.offer(ev.wire, held)):
                 return False  # queued for the stream instead
             asm.advance(ev)
             now = time.time()

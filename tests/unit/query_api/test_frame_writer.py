@@ -1,4 +1,4 @@
-"""FrameWriter: writes started by the hub never overtake each other or the stream's own."""
+"""FrameWriter: frames written by the hub never overtake each other or the stream's own."""
 
 from __future__ import annotations
 
@@ -29,45 +29,63 @@ class FlowControlledSend:
             self.bodies.append(message["body"])
 
 
-async def test_a_send_that_does_not_wait_is_written_within_the_call() -> None:
+def offer(writer: FrameWriter, *frames: bytes) -> bool:
+    """Offer frames as the hub does during a batch, then write them as it does after."""
+    to_write: list[FrameWriter] = []
+    taken = all(writer.offer(f, to_write) for f in frames)
+    assert to_write == ([writer] if taken else [])
+    for w in to_write:
+        w.write_held()
+    return taken
+
+
+async def test_held_frames_leave_in_one_write_within_the_call() -> None:
     send = FlowControlledSend()
     writer = FrameWriter(send)
-    assert writer.write_now(b"a") and writer.write_now(b"b")
-    assert send.bodies == [b"a", b"b"]  # no await in between: written synchronously
+    assert offer(writer, b"a", b"b")
+    assert send.bodies == [b"ab"]  # no await in between: written synchronously, together
     await writer.write(b"c")
-    assert send.bodies == [b"a", b"b", b"c"]
+    assert send.bodies == [b"ab", b"c"]
 
 
 async def test_a_paused_write_finishes_later_and_nothing_overtakes_it() -> None:
     send = FlowControlledSend()
     writer = FrameWriter(send)
     send.drained.clear()
-    assert writer.write_now(b"1")  # accepted: finished by a task once drained
-    assert not writer.write_now(b"2")  # refused while 1 is in flight: the caller queues it
+    assert offer(writer, b"1")  # taken: a task finishes the write once drained
+    assert not offer(writer, b"2")  # refused while 1 is in flight: the caller queues it
     later = asyncio.ensure_future(writer.write(b"2"))
     await asyncio.sleep(0.01)
     assert send.bodies == [] and not later.done()
     send.drained.set()
     await asyncio.wait_for(later, 1)
     assert send.bodies == [b"1", b"2"]
-    assert writer.write_now(b"3") and send.bodies[-1] == b"3"
+    assert offer(writer, b"3") and send.bodies[-1] == b"3"
 
 
-async def test_a_failing_send_refuses_direct_writes_and_fails_the_streams_own() -> None:
+async def test_the_streams_own_write_takes_frames_still_held() -> None:
+    send = FlowControlledSend()
+    writer = FrameWriter(send)
+    assert writer.offer(b"1", [])  # held; the hub has not written it yet
+    await writer.write(b"2")
+    assert send.bodies == [b"12"]
+
+
+async def test_a_failing_send_refuses_offers_and_fails_the_streams_own_write() -> None:
     send = FlowControlledSend()
     writer = FrameWriter(send)
     send.fail = RuntimeError("response already completed")
-    assert not writer.write_now(b"x")
-    assert not writer.write_now(b"y")  # stays refused
+    assert offer(writer, b"x")  # taken, but its write is refused: kept for the stream
+    assert not offer(writer, b"y")  # no more taken
     with pytest.raises(RuntimeError, match="already completed"):
-        await writer.write(b"x")
+        await writer.write(b"y")
 
 
 async def test_a_paused_write_that_fails_surfaces_in_flush() -> None:
     send = FlowControlledSend()
     writer = FrameWriter(send)
     send.drained.clear()
-    assert writer.write_now(b"1")
+    assert offer(writer, b"1")
     send.fail = ConnectionResetError("gone")
     send.drained.set()
     with pytest.raises(ConnectionResetError):
@@ -78,8 +96,8 @@ async def test_abandon_drops_an_unfinished_write() -> None:
     send = FlowControlledSend()
     writer = FrameWriter(send)
     send.drained.clear()
-    assert writer.write_now(b"1")
+    assert offer(writer, b"1")
     writer.abandon()
     send.drained.set()
     await asyncio.sleep(0.01)
-    assert send.bodies == [] and not writer.write_now(b"2")
+    assert send.bodies == [] and not offer(writer, b"2")

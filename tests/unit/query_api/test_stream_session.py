@@ -176,8 +176,8 @@ async def test_waiting_streams_poll_postgres_only_for_requests_older_than_the_hu
 
 
 async def test_chunks_the_hub_writes_itself_keep_the_exact_sequence() -> None:
-    """Live in-order chunks are written within the hub's fold (no stream wake-up); a
-    paused socket, a new attempt and the end go through the stream, in order."""
+    """Live in-order chunks are written by the hub after its batch (no stream wake-up);
+    a paused socket, a new attempt and the end go through the stream, in order."""
     settings = QuerySettings(heartbeat_s=30)
     hub = Hub(settings)
     metrics = Metrics(lambda: 0, lambda: 0, lambda: 0)
@@ -196,18 +196,25 @@ async def test_chunks_the_hub_writes_itself_keep_the_exact_sequence() -> None:
     hub._fold(tok(0), 0, 0)  # the first chunk starts attempt 1: through the stream
     for _ in range(5):
         await asyncio.sleep(0)
-    for seq in range(1, 4):
-        written = len(send.bodies)
+    written = len(send.bodies)
+    for seq in range(1, 4):  # one batch of three chunks ...
         hub._fold(tok(seq), 0, seq)
-        assert len(send.bodies) == written + 1  # written inside the fold
+    hub.write_held()  # ... as the hub ends it: one write, without awaiting the stream
+    assert send.bodies[written:] == [
+        b"".join(chunk_frame(RID, 1, s, f"t{s}", 1) for s in (1, 2, 3))
+    ]
     send.drained.clear()  # the client stops reading: writes now wait for a drain
-    for seq in range(4, 7):
+    hub._fold(tok(4), 0, 4)
+    hub.write_held()  # suspends: finished by a task, later chunks queue for the stream
+    for seq in range(5, 7):
         hub._fold(tok(seq), 0, seq)
     hub._fold(tok(0, attempt=2), 0, 7)  # a retry: the stream writes the reset
+    hub.write_held()
     send.drained.set()
     for _ in range(5):
         await asyncio.sleep(0)
     hub._fold(tok(1, attempt=2), 0, 8)
+    hub.write_held()
     usage = Usage(prompt_tokens=1, completion_tokens=2)
     hub._fold(
         CompletionFinished(
