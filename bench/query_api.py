@@ -8,7 +8,8 @@ side cheap; each checks its chunk ids have no gap and no duplicate) hold the str
 `--producer-procs` processes produce one TokenChunk per request every 50 ms (staggered, one
 shared clock), each carrying its produce time, so a client measures produced -> received.
 Memory per client = the server's RSS growth once all N streams are open, divided by N;
-server CPU per event = its user+system CPU over the run / chunk events delivered.
+server CPU per event = its user+system CPU over the run / chunk events delivered. Each
+level runs `--warmup` seconds of load first (delivered and checked, not measured).
 `--server-root DIR` serves from another copy of `query_api/` + `schemas/` (A/B runs).
 """
 
@@ -279,7 +280,11 @@ def run_once(
     producer_procs: int = 1,
     linger_ms: int = 5,
     kafka_pid: int | None = None,
+    warmup: float = 2.0,
 ) -> dict[str, Any]:
+    """One load level: `warmup` seconds of load that is delivered and checked but not
+    measured (a fresh server process, and a broker's JIT after a restart, are slower for
+    their first seconds), then `seconds` measured."""
     topics = settings.topics
     producer = Producer(producer_config(settings))
     pprocs = producer_procs
@@ -316,7 +321,7 @@ def run_once(
     time.sleep(0.5)
     rss_open = rss_kib(server_pid)
     # P producer processes, each 20/s for its share of the requests, on one shared clock
-    ticks = int(seconds * RATE_HZ)
+    ticks = int((warmup + seconds) * RATE_HZ)
     go, done = ctx.Queue(), ctx.Queue()
     producers = [
         ctx.Process(
@@ -331,10 +336,13 @@ def run_once(
     start = time.time() + 0.2
     for _ in producers:
         go.put(start)
+    measured_from = start + warmup
+    time.sleep(max(0.0, measured_from - time.time()))
     load_before = os.getloadavg()[0]
     cpu_before = cpu_seconds(server_pid)
     kafka_before = cpu_seconds(kafka_pid) if kafka_pid else 0.0
-    time.sleep(max(0.0, start + seconds / 2 - time.time()))
+    lag_before = server_lag_buckets(port)
+    time.sleep(max(0.0, measured_from + seconds / 2 - time.time()))
     rss_live = rss_kib(server_pid)
     finished = [done.get(timeout=seconds * 10 + 60) for _ in producers]
     elapsed = max(e for e, _, _ in finished)
@@ -348,12 +356,17 @@ def run_once(
         clients_cpu += cpu
     server_cpu = cpu_seconds(server_pid) - cpu_before
     kafka_cpu = cpu_seconds(kafka_pid) - kafka_before if kafka_pid else 0.0
-    delivered = max(1, len(timed))
+    lag_after = server_lag_buckets(port)
     load_after = os.getloadavg()[0]
     for w in workers + producers:
         w.join(10)
+    received = len(timed)
+    timed = [(produced, lag) for produced, lag in timed if produced >= measured_from]
+    delivered = max(1, len(timed))  # the measured window's chunk events
+    # the clients' and producers' CPU covers the warm-up too: per event of the whole run
+    everything = max(1, received)
     lags = sorted(lag for _, lag in timed)
-    timeline = per_second_p99(timed, start)
+    timeline = per_second_p99(timed, measured_from)
     expected = n * ticks
     if errors:
         kinds: dict[str, int] = {}
@@ -365,15 +378,16 @@ def run_once(
         "clients": n,
         "requests": len(requests),
         "chunks_expected": expected,
-        "chunks_received": len(lags),
+        "chunks_received": received,
+        "chunks_measured": len(lags),
         "stream_errors": len(errors),
         "offered_per_s": expected / elapsed,
         "producer_behind_ms": 1000 * max(b for _, b, _ in finished),
         "server_cpu_s": server_cpu,
         "server_cpu_us_per_event": 1e6 * server_cpu / delivered,
         # the bench's own load on the shared cores, per delivered event
-        "clients_cpu_us_per_event": 1e6 * clients_cpu / delivered,
-        "producers_cpu_us_per_event": 1e6 * sum(c for _, _, c in finished) / delivered,
+        "clients_cpu_us_per_event": 1e6 * clients_cpu / everything,
+        "producers_cpu_us_per_event": 1e6 * sum(c for _, _, c in finished) / everything,
         "kafka_cpu_us_per_event": 1e6 * kafka_cpu / delivered,
         "load_before_after": f"{load_before:.1f}/{load_after:.1f}",
         "p50_ms": 1000 * statistics.median(lags),
@@ -382,6 +396,7 @@ def run_once(
         "p99_ms_per_second": timeline,
         "kib_per_client_open": (rss_open - rss_before) / n,
         "kib_per_client_live": (rss_live - rss_before) / n,
+        **server_lag(lag_before, lag_after),
     }
 
 
@@ -404,26 +419,34 @@ def broker_pid(home: Path) -> int | None:
     return pid
 
 
-def server_lag(port: int) -> dict[str, float]:
-    """Share of events the server wrote within 10/50/100 ms of production (cumulative)."""
+def server_lag_buckets(port: int) -> dict[str, float]:
+    """The server's delivery-lag histogram (cumulative counts by upper bound)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     buckets = {}
     for line in text.splitlines():
         if line.startswith("chatlog_query_delivery_lag_seconds_bucket"):
             le = line.split('le="')[1].split('"')[0]
             buckets[le] = float(line.rsplit(" ", 1)[1])
-    total = buckets.get("+Inf", 0.0) or 1.0
+    return buckets
+
+
+def server_lag(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Share of the window's events the server wrote within 10/50/100 ms of production."""
+    total = (after.get("+Inf", 0.0) - before.get("+Inf", 0.0)) or 1.0
     return {
-        f"server_le_{int(float(le) * 1000)}ms": round(buckets[le] / total, 3)
+        f"server_le_{int(float(le) * 1000)}ms": round((after[le] - before.get(le, 0.0)) / total, 3)
         for le in ("0.01", "0.05", "0.1")
-        if le in buckets
+        if le in after
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured, per level")
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds of load before each measured window"
+    )
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--producer-procs", type=int, default=1)
     parser.add_argument("--producer-linger-ms", type=int, default=5)
@@ -492,8 +515,8 @@ def main() -> None:
                     args.producer_procs,
                     args.producer_linger_ms,
                     kafka_pid,
+                    args.warmup,
                 )
-                result |= server_lag(port)
                 print(
                     json.dumps(
                         {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}
