@@ -23,15 +23,33 @@ import asyncio
 import gc
 import statistics
 import time
+import uuid
 from collections.abc import MutableMapping
 from typing import Any
 
 import uvloop
+from confluent_kafka import Message
 
 from query_api.app import create_app
 from query_api.deps import current_user
 from query_api.hub import Owner
 from query_api.settings import QuerySettings
+from schemas.wire import TOKEN_CHUNK_V1_HEADERS, put_long, put_string
+
+
+def chunk_v1(rid: str, cid: str, attempt: int, seq: int, text: str, occurred_ms: int) -> bytes:
+    """A TokenChunk v1 body, as `schemas.wire` reads it (tests/unit/schemas check the
+    reader against `schemas.encode`)."""
+    out = bytearray()
+    put_string(out, str(uuid.uuid4()))
+    put_long(out, occurred_ms)
+    put_string(out, rid)
+    put_string(out, cid)
+    put_long(out, attempt)
+    put_long(out, seq)
+    put_string(out, text)
+    out += b"\x02\x00"  # token_count 1, traceparent null
+    return bytes(out)
 
 
 async def run(streams: int, ticks: int, rounds: int) -> list[float]:
@@ -86,15 +104,29 @@ async def run(streams: int, ticks: int, rounds: int) -> list[float]:
     gc.collect()
     gc.freeze()
     results = []
-    seq = 1
+    seq, topic = 1, settings.topics.completions
     for _ in range(rounds):
-        cpu = time.process_time()
+        batches = []  # the fetched records, built before the clock starts
         for _ in range(ticks):
-            now = time.time()
-            for i, rid in enumerate(rids):
-                hub._fold_chunk(rid, 0, seq, " token", 1, now, i % 12, seq * streams + i)
-            hub.write_held()  # as the hub's loop does after each fetched batch
+            now_ms = int(time.time() * 1000)
+            batches.append(
+                [
+                    Message(
+                        topic=topic,
+                        partition=i % 12,
+                        offset=seq * streams + i,
+                        value=chunk_v1(rid, f"c-{i}", 0, seq, " token", now_ms),
+                        headers=list(TOKEN_CHUNK_V1_HEADERS),
+                    )
+                    for i, rid in enumerate(rids)
+                ]
+            )
             seq += 1
+        cpu = time.process_time()
+        for batch in batches:
+            for record in batch:
+                hub._handle(record, topic)
+            hub.write_held()  # as the hub's loop does after each fetched batch
             await asyncio.sleep(0)  # every woken stream writes its frame
             await asyncio.sleep(0)
         results.append(1e6 * (time.process_time() - cpu) / (ticks * streams))
