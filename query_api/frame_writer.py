@@ -44,12 +44,12 @@ class FrameWriter:
         `to_write` (the hub's list of writers to write after its batch). False, with
         nothing held, while an earlier write is unfinished or after `send` failed: the
         caller then queues the frame for the stream's `write`."""
-        if self._broken:
-            return False
         if self._finishing is not None:
             if not self._finishing.done():
                 return False
             self._reap()
+        if self._broken:
+            return False
         if not self._held:
             to_write.append(self)
         self._held.append(data)

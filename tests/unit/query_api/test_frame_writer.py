@@ -81,7 +81,20 @@ async def test_a_failing_send_refuses_offers_and_fails_the_streams_own_write() -
         await writer.write(b"y")
 
 
-async def test_a_paused_write_that_fails_surfaces_in_flush() -> None:
+async def test_after_a_paused_write_fails_nothing_more_is_taken() -> None:
+    send = FlowControlledSend()
+    writer = FrameWriter(send)
+    send.drained.clear()
+    assert offer(writer, b"1")
+    send.fail = ConnectionResetError("gone")
+    send.drained.set()
+    await asyncio.sleep(0.01)
+    assert not offer(writer, b"2")  # the failed write is noticed: no more taken ...
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(writer.write(b"2"), 1)  # ... and the stream's own fails
+
+
+async def test_a_paused_write_that_fails_surfaces_in_the_streams_flush() -> None:
     send = FlowControlledSend()
     writer = FrameWriter(send)
     send.drained.clear()
