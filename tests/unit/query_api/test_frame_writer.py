@@ -81,28 +81,21 @@ async def test_a_failing_send_refuses_offers_and_fails_the_streams_own_write() -
         await writer.write(b"y")
 
 
-async def test_after_a_paused_write_fails_nothing_more_is_taken() -> None:
+@pytest.mark.parametrize("hub_first", [True, False])
+async def test_a_paused_write_that_fails_fails_the_stream(hub_first: bool) -> None:
+    """Whoever comes next after the failure sees it: the hub's next offer is refused and
+    the stream's own write fails, or the stream's flush raises it."""
     send = FlowControlledSend()
     writer = FrameWriter(send)
     send.drained.clear()
     assert offer(writer, b"1")
     send.fail = ConnectionResetError("gone")
     send.drained.set()
-    await asyncio.sleep(0.01)
-    assert not offer(writer, b"2")  # the failed write is noticed: no more taken ...
+    if hub_first:
+        await asyncio.sleep(0.01)
+        assert not offer(writer, b"2")
     with pytest.raises(ConnectionResetError):
-        await asyncio.wait_for(writer.write(b"2"), 1)  # ... and the stream's own fails
-
-
-async def test_a_paused_write_that_fails_surfaces_in_the_streams_flush() -> None:
-    send = FlowControlledSend()
-    writer = FrameWriter(send)
-    send.drained.clear()
-    assert offer(writer, b"1")
-    send.fail = ConnectionResetError("gone")
-    send.drained.set()
-    with pytest.raises(ConnectionResetError):
-        await asyncio.wait_for(writer.flush(), 1)
+        await asyncio.wait_for(writer.write(b"2") if hub_first else writer.flush(), 1)
 
 
 async def test_abandon_drops_an_unfinished_write() -> None:
