@@ -103,11 +103,7 @@ async def _running(settings: CommandSettings, metrics: Metrics) -> AsyncIterator
             metrics=metrics,
         )
         janitor = asyncio.create_task(_janitor(store))
-        # Everything alive now (modules, schemas, the app) lives as long as the process:
-        # out of the collector's sight, a full collection no longer walks it. Measured under
-        # load: full collections stalled the event loop ~57 ms each, every ~1.5 s, which was
-        # the accept latency's p99.
-        tune_gc()
+        tune_gc()  # full collections were the accept latency's p99 (infra.runtime says why)
         yield ctx
     finally:
         if janitor:

@@ -125,7 +125,6 @@ class StreamSession:
                     self._last_write = time.monotonic()
                     yield data
         finally:
-            sub.direct = None
             if timer is not None:
                 timer.cancel()
             self._hub.unsubscribe(sub)
