@@ -114,6 +114,12 @@ class Gen:
         return f"/v1/chat/completions/{self.rid}/stream"
 
 
+@pytest.fixture
+def gen(infra_settings: InfraSettings, producer: AIOKafkaProducer) -> Gen:
+    """A fresh request of alice's, produced to this module's topics."""
+    return Gen(infra_settings, producer)
+
+
 def word(attempt: int, seq: int) -> str:
     return f"a{attempt}w{seq} "
 
@@ -125,10 +131,8 @@ def ids(events: list[Sse]) -> list[str | None]:
 async def test_a_live_stream_delivers_every_chunk_then_done(
     client: httpx.AsyncClient,
     users: Users,
-    infra_settings: InfraSettings,
-    producer: AIOKafkaProducer,
+    gen: Gen,
 ) -> None:
-    gen = Gen(infra_settings, producer)
     await gen.submit()
     reader = asyncio.create_task(read_sse(client, gen.url, users.headers("alice")))
     await asyncio.sleep(0.3)
@@ -164,10 +168,8 @@ async def assert_exact_resume(client: httpx.AsyncClient, users: Users, url: str,
 async def test_resume_from_every_event_id_of_a_request_finished_a_second_ago(
     client: httpx.AsyncClient,
     users: Users,
-    infra_settings: InfraSettings,
-    producer: AIOKafkaProducer,
+    gen: Gen,
 ) -> None:
-    gen = Gen(infra_settings, producer)
     await gen.submit()
     await gen.start(1)
     await gen.chunks(1, range(5))
@@ -229,10 +231,8 @@ async def test_a_stream_joined_mid_generation_gets_the_whole_text(
 async def test_two_attempts_never_mix(
     client: httpx.AsyncClient,
     users: Users,
-    infra_settings: InfraSettings,
-    producer: AIOKafkaProducer,
+    gen: Gen,
 ) -> None:
-    gen = Gen(infra_settings, producer)
     await gen.submit()
     seen: list[Sse] = []
     live = asyncio.create_task(read_sse(client, gen.url, users.headers("alice"), sink=seen))
@@ -258,10 +258,8 @@ async def test_two_attempts_never_mix(
 async def test_only_the_owner_may_stream(
     client: httpx.AsyncClient,
     users: Users,
-    infra_settings: InfraSettings,
-    producer: AIOKafkaProducer,
+    gen: Gen,
 ) -> None:
-    gen = Gen(infra_settings, producer)
     await gen.submit()
     await asyncio.sleep(0.2)
     r = await client.get(gen.url, headers=users.headers("bob"))
@@ -275,10 +273,8 @@ async def test_only_the_owner_may_stream(
 async def test_a_queued_request_gets_heartbeats(
     client: httpx.AsyncClient,
     users: Users,
-    infra_settings: InfraSettings,
-    producer: AIOKafkaProducer,
+    gen: Gen,
 ) -> None:
-    gen = Gen(infra_settings, producer)
     await gen.submit()
     lines: list[str] = []
 
@@ -296,10 +292,8 @@ async def test_a_queued_request_gets_heartbeats(
 async def test_a_client_that_goes_away_frees_its_subscription(
     client: httpx.AsyncClient,
     users: Users,
-    infra_settings: InfraSettings,
-    producer: AIOKafkaProducer,
+    gen: Gen,
 ) -> None:
-    gen = Gen(infra_settings, producer)
     await gen.submit()
     await gen.start(1)
     await gen.chunks(1, range(2))

@@ -17,14 +17,12 @@ from query_api.sse import PING, chunk_frame, frame
 from query_api.sse_response import SseResponse
 from query_api.stream import StreamSession
 from schemas.events import (
-    ChatMessage,
     CompletionFinished,
-    GenerationParams,
-    PromptSubmitted,
     TokenChunk,
     Usage,
 )
 from tests.unit.query_api.test_frame_writer import FlowControlledSend
+from tests.unit.query_api.test_hub import prompt
 
 RID = "req-s"
 
@@ -151,16 +149,7 @@ async def test_waiting_streams_poll_postgres_only_for_requests_older_than_the_hu
     hub = Hub(settings)
     metrics = Metrics(lambda: 0, lambda: 0, lambda: 0)
     old, new = PollCounting(fail=True), PollCounting(fail=False)
-    hub._learn_owner(
-        PromptSubmitted(
-            request_id="req-new",
-            conversation_id="c",
-            user_id="u",
-            model="m",
-            messages=(ChatMessage("user", "hi"),),
-            params=GenerationParams(max_tokens=4),
-        )
-    )
+    hub._learn_owner(prompt("req-new"))
     tasks = [
         asyncio.ensure_future(anext(StreamSession(settings, hub, d, metrics, rid, None).events()))
         for d, rid in ((old, RID), (new, "req-new"))
