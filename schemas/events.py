@@ -124,6 +124,9 @@ class TokenChunk(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class CompletionFinished(Event):
+    """An attempt ended; `text` (v2) is its whole answer, so the log keeps the answer after
+    its TokenChunks expire. None only in records written before v2."""
+
     event_type: ClassVar[str] = "CompletionFinished"
     request_id: str
     conversation_id: str
@@ -131,6 +134,7 @@ class CompletionFinished(Event):
     finish_reason: FinishReason
     usage: Usage
     ttft_ms: float | None = None
+    text: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

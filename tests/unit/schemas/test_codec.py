@@ -29,7 +29,7 @@ from schemas import (
     decode,
     encode,
 )
-from schemas.codec import schema_registry
+from schemas.codec import current_version, schema_registry
 from schemas.events import EVENT_CLASSES
 
 SAMPLES: list[Event] = [
@@ -78,8 +78,26 @@ def test_every_event_type_has_a_sample_and_a_schema() -> None:
 @pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).__name__)
 def test_round_trip(event: Event) -> None:
     value, headers = encode(event)
-    assert dict(headers) == {"event-type": type(event).event_type.encode(), "schema-version": b"1"}
+    version = str(current_version(type(event).event_type)).encode()
+    assert dict(headers) == {"event-type": type(event).event_type.encode(), "schema-version": version}
     assert decode(value, headers) == event
+
+
+def test_completion_finished_v2_carries_the_text_and_v1_reads_as_none() -> None:
+    """The answer outlives its chunks: v2 holds the text; a v1 record decodes with None."""
+    finished = CompletionFinished(
+        request_id="r1", conversation_id="c1", attempt=1, finish_reason="stop",
+        usage=Usage(prompt_tokens=3, completion_tokens=2), text="héllo ✓",
+    )  # fmt: skip
+    value, headers = encode(finished)
+    assert dict(headers)["schema-version"] == b"2"
+    assert decode(value, headers) == finished
+    record = fastavro.schemaless_reader(io.BytesIO(value), schema_registry()[("CompletionFinished", 2)])
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema_registry()[("CompletionFinished", 1)], record)
+    v1 = [("event-type", b"CompletionFinished"), ("schema-version", b"1")]
+    old = decode(buf.getvalue(), v1)
+    assert isinstance(old, CompletionFinished) and old.text is None
 
 
 def test_occurred_at_is_utc_millis() -> None:
