@@ -27,6 +27,9 @@ class InfraSettings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:19092"
     topic_prefix: str = ""
     partitions: int = DEFAULT_PARTITIONS
+    # chat.completions' retention (token chunks are bulky and only serve live and resumed
+    # streams); chat.conversations and chat.answers keep everything (retention.ms=-1).
+    completions_retention_ms: int = 3 * 24 * 3600 * 1000
     postgres_url: str = "postgresql://chatlog@127.0.0.1:15432/chatlog"
     meili_url: str | None = "http://127.0.0.1:17700"
     meili_key: str = LOCAL_MEILI_KEY

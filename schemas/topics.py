@@ -6,10 +6,15 @@ from dataclasses import dataclass
 
 CONVERSATIONS = "chat.conversations"
 COMPLETIONS = "chat.completions"
+# The durable answers: each attempt's final event (CompletionFinished v2 with its text, or
+# CompletionFailed), also written here by the replica. chat.completions' token chunks
+# expire; this topic and chat.conversations keep everything (retention.ms=-1), so a
+# rebuild reproduces every stored message after the chunks are gone.
+ANSWERS = "chat.answers"
 DLQ = "chat.dlq"
 DEFAULT_PARTITIONS = 12
 
-ALL_TOPICS: tuple[str, ...] = (CONVERSATIONS, COMPLETIONS, DLQ)
+ALL_TOPICS: tuple[str, ...] = (CONVERSATIONS, COMPLETIONS, ANSWERS, DLQ)
 
 
 @dataclass(frozen=True)
@@ -27,8 +32,12 @@ class Topics:
         return self.prefix + COMPLETIONS
 
     @property
+    def answers(self) -> str:
+        return self.prefix + ANSWERS
+
+    @property
     def dlq(self) -> str:
         return self.prefix + DLQ
 
     def all(self) -> tuple[str, ...]:
-        return (self.conversations, self.completions, self.dlq)
+        return (self.conversations, self.completions, self.answers, self.dlq)
