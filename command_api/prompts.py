@@ -23,7 +23,7 @@ from command_api.metrics import Metrics
 from command_api.readmodel import ReadModel, compose
 from command_api.settings import CommandSettings
 from command_api.store import Admission, CommandStore, body_hash
-from command_api.validation import PromptRequest
+from command_api.validation import PromptRequest, check_text
 from infra.http import BadRequest, NotFound, RateLimited, Unauthorized
 from schemas import ChatMessage, PromptSubmitted
 
@@ -106,6 +106,7 @@ class PromptService:
             raise ValueError("an Idempotency-Key needs the caller resolved first")
         if len(idempotency_key) > 255:
             raise BadRequest("Idempotency-Key over 255 characters.", param="Idempotency-Key")
+        check_text(idempotency_key, "Idempotency-Key")
         digest = canonical_hash(raw)
         existing = await self._store.claim_key(user_id, idempotency_key, digest, request_id)
         if existing is not None:
