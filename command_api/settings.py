@@ -48,6 +48,9 @@ class CommandSettings(InfraSettings):
     require_kafka_at_startup: bool = True
     completion_wait_timeout_s: float = 300.0
     idempotency_ttl_s: float = 86_400.0
+    # A key pending longer than this belongs to a request whose process failed: longer than
+    # any accept takes (its waits are continuation_wait_s and kafka_send_timeout_s).
+    idempotency_pending_s: float = 60.0
 
     pg_pool_min: int = 2
     pg_pool_max: int = 16
