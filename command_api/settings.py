@@ -38,6 +38,9 @@ class CommandSettings(InfraSettings):
     max_concurrent_generations: int = 8
     # A generation counts as running for at most this long (a lost one must not block forever).
     generation_horizon_s: float = 600.0
+    # ... and only while its lease holds: admitted this recently, or with progress in the read
+    # model this recent. So a stopped projection frees every slot within the lease.
+    generation_lease_s: float = 60.0
 
     # Bounded waits.
     continuation_wait_s: float = 5.0

@@ -106,11 +106,13 @@ class CommandStore:
             s.rate_limit_window_s,
             s.max_concurrent_generations,
             s.generation_horizon_s,
+            s.generation_lease_s,
         )
         async with self.pool.connection() as conn:
             if len(items) == 1:
                 cur = await conn.execute(
-                    "SELECT 1, * FROM command.admit_prompt(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    "SELECT 1, * FROM command.admit_prompt("
+                    "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     (*items[0], *limits),
                 )
             else:
@@ -118,7 +120,7 @@ class CommandStore:
                 cur = await conn.execute(
                     "SELECT * FROM command.admit_batch("
                     "%s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[],"
-                    " %s::text[], %s, %s, %s, %s)",
+                    " %s::text[], %s, %s, %s, %s, %s)",
                     (*columns, *limits),
                 )
             rows = await cur.fetchall()
