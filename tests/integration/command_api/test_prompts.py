@@ -305,3 +305,12 @@ async def test_a_stale_key_whose_request_was_never_admitted_is_reclaimed(
     assert resp.json()["id"] != "chatcmpl-dead"
     submitted = [e for _, e in await events_about(settings, user) if isinstance(e, PromptSubmitted)]
     assert [e.request_id for e in submitted] == [resp.json()["id"]]
+
+
+async def test_a_nul_in_the_idempotency_key_is_a_400_naming_the_header(client, new_user):
+    _, auth = new_user()
+    resp = await client.post(
+        "/v1/chat/completions", json=prompt(), headers={**auth, "Idempotency-Key": b"k\x00"}
+    )
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "Idempotency-Key"
