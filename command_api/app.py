@@ -99,7 +99,7 @@ async def _running(settings: CommandSettings, metrics: Metrics) -> AsyncIterator
             log=log_,
             prompts=PromptService(settings, store, read_model, log_, metrics),
             streams=StreamSource(http, not_found_grace_s=settings.continuation_wait_s),
-            resolver=KeyResolver(),
+            resolver=KeyResolver(ttl_s=0),  # AuthCache is the one cache: bounds never stack
             metrics=metrics,
         )
         janitor = asyncio.create_task(_janitor(store))

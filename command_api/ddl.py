@@ -6,7 +6,11 @@
 - `idempotency_keys`: per (user, key) the body hash and the response, for 24 h.
 - `command.admit(...)`: the atomic admission of one prompt (rate limit, concurrency cap,
   conversation ownership/concurrency, request row) under a per-user advisory lock, so every
-  command API process shares the limits and one round trip decides.
+  command API process shares the limits and one round trip decides. The cap counts leased
+  slots: a prompt holds one until the read model shows it terminal, or until its lease
+  (`generation_lease_s`, renewed by progress the read model shows) runs out, so a stopped
+  projection cannot lock users out. (The lease is a new last parameter: processes of the
+  previous version keep calling the previous overloads during a rolling restart.)
 - `command.admit_prompt(...)`: `command.admit` that also resolves the caller's API key when
   the process has no cached user for it, so a prompt costs one round trip either way.
 - `command.admit_batch(...)`: many `admit_prompt`s in one transaction (group commit, see
@@ -58,7 +62,8 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_created ON command.idempotency_keys 
 
 CREATE OR REPLACE FUNCTION command.admit(
     p_user text, p_request text, p_conversation text, p_new boolean, p_expected_last text,
-    p_limit integer, p_window_s double precision, p_cap integer, p_horizon_s double precision
+    p_limit integer, p_window_s double precision, p_cap integer, p_horizon_s double precision,
+    p_lease_s double precision
 ) RETURNS TABLE (verdict text, used integer, oldest_age_s double precision, running integer)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -81,11 +86,18 @@ BEGIN
         END IF;
     END IF;
     IF p_cap > 0 THEN
+        -- A slot per admitted prompt, held until the read model shows it terminal or its
+        -- lease runs out: admitted less than p_lease_s ago, or with progress in the read
+        -- model that recent. A stopped projection so frees every slot within the lease.
         SELECT count(*) INTO v_running FROM command.requests r
          WHERE r.user_id = p_user AND r.created_at > t - make_interval(secs => p_horizon_s)
            AND NOT EXISTS (SELECT 1 FROM chatlog.completions c
                             WHERE c.request_id = r.request_id
-                              AND c.status IN ('finished', 'cancelled', 'failed'));
+                              AND c.status IN ('finished', 'cancelled', 'failed'))
+           AND (r.created_at > t - make_interval(secs => p_lease_s)
+                OR EXISTS (SELECT 1 FROM chatlog.completions c
+                            WHERE c.request_id = r.request_id
+                              AND c.updated_at > t - make_interval(secs => p_lease_s)));
         IF v_running >= p_cap THEN
             RETURN QUERY SELECT 'too_many_generations'::text, v_used,
                 extract(epoch FROM t - coalesce(v_oldest, t))::double precision, v_running;
@@ -118,7 +130,7 @@ $$;
 CREATE OR REPLACE FUNCTION command.admit_prompt(
     p_key_hash text, p_user text, p_request text, p_conversation text, p_new boolean,
     p_expected_last text, p_limit integer, p_window_s double precision, p_cap integer,
-    p_horizon_s double precision
+    p_horizon_s double precision, p_lease_s double precision
 ) RETURNS TABLE (verdict text, used integer, oldest_age_s double precision, running integer,
                  user_id text)
 LANGUAGE plpgsql AS $$
@@ -135,7 +147,7 @@ BEGIN
     END IF;
     RETURN QUERY SELECT a.verdict, a.used, a.oldest_age_s, a.running, v_user
         FROM command.admit(v_user, p_request, p_conversation, p_new, p_expected_last,
-                           p_limit, p_window_s, p_cap, p_horizon_s) a;
+                           p_limit, p_window_s, p_cap, p_horizon_s, p_lease_s) a;
 END
 $$;
 
@@ -154,7 +166,7 @@ $$;
 CREATE OR REPLACE FUNCTION command.admit_batch(
     p_key_hashes text[], p_users text[], p_requests text[], p_conversations text[],
     p_new boolean[], p_expected_last text[], p_limit integer, p_window_s double precision,
-    p_cap integer, p_horizon_s double precision
+    p_cap integer, p_horizon_s double precision, p_lease_s double precision
 ) RETURNS TABLE (ord integer, verdict text, used integer, oldest_age_s double precision,
                  running integer, user_id text)
 -- Every access here is by key: an index is always right. Without this, a plan cached while
@@ -186,7 +198,7 @@ BEGIN
                 RETURN QUERY SELECT rec.n, a.verdict, a.used, a.oldest_age_s, a.running, rec.uid
                     FROM command.admit(rec.uid, p_requests[rec.n], p_conversations[rec.n],
                                        p_new[rec.n], p_expected_last[rec.n], p_limit,
-                                       p_window_s, p_cap, p_horizon_s) a;
+                                       p_window_s, p_cap, p_horizon_s, p_lease_s) a;
             END IF;
         END LOOP;
         RETURN;
@@ -223,6 +235,10 @@ BEGIN
                  AND NOT EXISTS (SELECT 1 FROM chatlog.completions c
                                   WHERE c.request_id = r.request_id
                                     AND c.status IN ('finished', 'cancelled', 'failed'))
+                 AND (r.created_at > t - make_interval(secs => p_lease_s)  -- as in admit
+                      OR EXISTS (SELECT 1 FROM chatlog.completions c
+                                  WHERE c.request_id = r.request_id
+                                    AND c.updated_at > t - make_interval(secs => p_lease_s)))
           ) g ON true
     ), created AS (
         INSERT INTO command.conversations (id, user_id, last_request_id, created_at)

@@ -16,7 +16,7 @@ from command_api.readmodel import ReadModel
 from command_api.settings import CommandSettings
 from command_api.store import CommandStore
 from command_api.upstream import StreamSource
-from infra.auth import KeyResolver
+from infra.auth import AUTH_CACHE_TTL_S, KeyResolver
 from infra.http import Unauthorized, bearer_key
 
 
@@ -37,10 +37,11 @@ class Context:
 
 
 class AuthCache:
-    """Key -> user for a few seconds in front of KeyResolver (which needs a connection
-    even for its own cache hits). Revocation takes effect within `ttl_s`, as there."""
+    """Key -> user for a few seconds in front of an uncached KeyResolver (whose own cache
+    would need a connection even for its hits). The command API's only cache of keys, so
+    a revoked key stops working here within `ttl_s` (<= AUTH_CACHE_TTL_S, 5 s)."""
 
-    def __init__(self, ttl_s: float = 10.0, max_entries: int = 10_000) -> None:
+    def __init__(self, ttl_s: float = AUTH_CACHE_TTL_S, max_entries: int = 10_000) -> None:
         self._ttl_s, self._max = ttl_s, max_entries
         self._entries: dict[str, tuple[str, float]] = {}
 

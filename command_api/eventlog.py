@@ -25,8 +25,7 @@ from aiokafka.errors import KafkaError
 from command_api.errors import EventLogUnavailable
 from command_api.settings import CommandSettings
 from infra.clients import aio_producer
-from schemas import Event
-from schemas.wire import encode_fast
+from schemas import Event, encode
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +111,7 @@ class KafkaEventLog:
         producer = self._producer
         if producer is None:
             raise EventLogUnavailable("The event log (Kafka) is unavailable; retry later.")
-        value, headers = encode_fast(event)  # = encode(event), cheaper for prompts
+        value, headers = encode(event)
         record: asyncio.Future[Any] | None = None
         deadline = asyncio.get_running_loop().time() + self._timeout_s
         try:

@@ -40,14 +40,10 @@ class Metrics:
             ["event_type"],
             registry=self.registry,
         )
-        self._appended: dict[str, Counter] = {}
 
     def appended(self, event_type: str) -> None:
-        """Count one acknowledged event (its series cached, as in MetricsMiddleware)."""
-        series = self._appended.get(event_type)
-        if series is None:
-            series = self._appended[event_type] = self.events.labels(event_type)
-        series.inc()
+        """Count one acknowledged event."""
+        self.events.labels(event_type).inc()
 
 
 class MetricsMiddleware:
@@ -56,9 +52,6 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
-        # (route, method, status) -> its latency and request series: `labels()` builds and
-        # checks its key on every call, a visible cost at thousands of requests per second.
-        self._series: dict[tuple[str, str, int], tuple[Histogram, Counter]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,16 +64,10 @@ class MetricsMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                key = (getattr(scope.get("route"), "path", "unmatched"), scope["method"], status)
-                series = self._series.get(key)
-                if series is None:
-                    route, method, _ = key
-                    series = self._series[key] = (
-                        self.metrics.latency.labels(route, method),
-                        self.metrics.requests.labels(route, method, str(status)),
-                    )
-                series[0].observe(time.perf_counter() - start)
-                series[1].inc()
+                route = getattr(scope.get("route"), "path", "unmatched")
+                method = scope["method"]
+                self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)
+                self.metrics.requests.labels(route, method, str(status)).inc()
             await send(message)
 
         await self.app(scope, receive, send_wrapper)

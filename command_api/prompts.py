@@ -5,12 +5,19 @@ not wait or count). A continuation waits for the conversation's last completion 
 is admitted. Admission (rate limit, concurrency cap, conversation ownership and optimistic
 concurrency) is one atomic Postgres call; the event is appended after it and the admission
 is revoked if Kafka does not ack, so a 503 costs the user nothing.
+
+An Idempotency-Key's row names its request before the append; so a retry after a failure
+between Kafka's ack and marking the key done (a crash, a Postgres error) answers that
+request, never appends a second PromptSubmitted. What no retry can tell: a process killed
+after admission but before the append; its request is answered as accepted and stays
+queued (the lease of `command.admit` frees its slot).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,9 +30,11 @@ from command_api.metrics import Metrics
 from command_api.readmodel import ReadModel, compose
 from command_api.settings import CommandSettings
 from command_api.store import Admission, CommandStore, body_hash
-from command_api.validation import PromptRequest
+from command_api.validation import PromptRequest, check_text
 from infra.http import BadRequest, NotFound, RateLimited, Unauthorized
 from schemas import ChatMessage, PromptSubmitted
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,7 @@ class PromptService:
             raise ValueError("an Idempotency-Key needs the caller resolved first")
         if len(idempotency_key) > 255:
             raise BadRequest("Idempotency-Key over 255 characters.", param="Idempotency-Key")
+        check_text(idempotency_key, "Idempotency-Key")
         digest = canonical_hash(raw)
         existing = await self._store.claim_key(user_id, idempotency_key, digest, request_id)
         if existing is not None:
@@ -113,13 +123,28 @@ class PromptService:
                 raise IdempotencyKeyReused(
                     "This Idempotency-Key was used with a different request body."
                 )
-            if not existing.done or existing.response is None:
-                raise IdempotencyInProgress(
-                    "A request with this Idempotency-Key is still in progress; retry shortly."
+            if existing.done and existing.response is not None:
+                r = existing.response
+                return Accepted(
+                    r["id"], r["conversation_id"], r["model"], r["created"], {}, replayed=True
                 )
-            r = existing.response
-            return Accepted(
-                r["id"], r["conversation_id"], r["model"], r["created"], {}, replayed=True
+            if existing.stale and existing.admitted is not None:
+                # Its process failed after admission (maybe after Kafka's ack): answering
+                # that request is safe, appending another would run the prompt twice.
+                conversation_id, admitted_at = existing.admitted
+                accepted = Accepted(
+                    existing.request_id,
+                    conversation_id,
+                    prompt.model,  # the same body (`matches`), so the same model
+                    int(admitted_at.timestamp()),
+                    {},
+                    replayed=True,
+                )
+                await self._complete(user_id, idempotency_key, accepted)
+                return accepted
+            raise IdempotencyInProgress(
+                "A request with this Idempotency-Key is still in progress; retry shortly.",
+                headers={"Retry-After": "1"},
             )
         try:
             accepted = await self._accept(
@@ -128,8 +153,17 @@ class PromptService:
         except BaseException:
             await asyncio.shield(self._store.release_key(user_id, idempotency_key, request_id))
             raise
-        await self._store.complete_key(user_id, idempotency_key, accepted.body())
+        await self._complete(user_id, idempotency_key, accepted)
         return accepted
+
+    async def _complete(self, user_id: str, key: str, accepted: Accepted) -> None:
+        """Mark the key done. The event is in the log whatever happens here, so a failure
+        is logged, not answered: the key stays pending, and a retry past the pending window
+        finds its request admitted and answers it (`CommandStore.claim_key`)."""
+        try:
+            await asyncio.shield(self._store.complete_key(user_id, key, accepted.body()))
+        except Exception:
+            log.exception("marking Idempotency-Key of %s done failed", accepted.request_id)
 
     async def _accept(
         self,

@@ -38,6 +38,9 @@ class CommandSettings(InfraSettings):
     max_concurrent_generations: int = 8
     # A generation counts as running for at most this long (a lost one must not block forever).
     generation_horizon_s: float = 600.0
+    # ... and only while its lease holds: admitted this recently, or with progress in the read
+    # model this recent. So a stopped projection frees every slot within the lease.
+    generation_lease_s: float = 60.0
 
     # Bounded waits.
     continuation_wait_s: float = 5.0
@@ -48,6 +51,9 @@ class CommandSettings(InfraSettings):
     require_kafka_at_startup: bool = True
     completion_wait_timeout_s: float = 300.0
     idempotency_ttl_s: float = 86_400.0
+    # A key pending longer than this belongs to a request whose process failed: longer than
+    # any accept takes (its waits are continuation_wait_s and kafka_send_timeout_s).
+    idempotency_pending_s: float = 60.0
 
     pg_pool_min: int = 2
     pg_pool_max: int = 16

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from psycopg.types.json import Jsonb
@@ -17,8 +18,6 @@ from command_api.ratelimit import WindowState
 from command_api.settings import CommandSettings
 
 Verdict = Literal["ok", "rate_limited", "too_many_generations", "conversation_busy", "unauthorized"]
-# A pending key older than this belongs to a process that died mid-request: reclaimable.
-STALE_PENDING_S = 60.0
 
 
 # (key hash, user or None, request, conversation, new conversation?, expected last request)
@@ -50,12 +49,19 @@ class RequestRow:
 
 @dataclass(frozen=True)
 class IdempotencyRecord:
-    """An existing key: same body (`matches`), and its stored response once `done`."""
+    """An existing key: same body (`matches`), and its stored response once `done`.
+
+    `stale`: pending for longer than any request takes (`idempotency_pending_s`), i.e. its
+    process failed mid-request. `admitted`: (conversation id, admission time) of the key's
+    request while it is admitted, i.e. not revoked: its event may well be in the log.
+    """
 
     matches: bool
     request_id: str
     done: bool
     response: dict[str, Any] | None
+    stale: bool = False
+    admitted: tuple[str, datetime] | None = None
 
 
 def body_hash(raw: bytes) -> str:
@@ -100,11 +106,13 @@ class CommandStore:
             s.rate_limit_window_s,
             s.max_concurrent_generations,
             s.generation_horizon_s,
+            s.generation_lease_s,
         )
         async with self.pool.connection() as conn:
             if len(items) == 1:
                 cur = await conn.execute(
-                    "SELECT 1, * FROM command.admit_prompt(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    "SELECT 1, * FROM command.admit_prompt("
+                    "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     (*items[0], *limits),
                 )
             else:
@@ -112,7 +120,7 @@ class CommandStore:
                 cur = await conn.execute(
                     "SELECT * FROM command.admit_batch("
                     "%s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[],"
-                    " %s::text[], %s, %s, %s, %s)",
+                    " %s::text[], %s, %s, %s, %s, %s)",
                     (*columns, *limits),
                 )
             rows = await cur.fetchall()
@@ -213,7 +221,14 @@ class CommandStore:
     async def claim_key(
         self, user_id: str, key: str, digest: str, request_id: str
     ) -> IdempotencyRecord | None:
-        """Claim an Idempotency-Key for `request_id`; None = claimed, else the existing one."""
+        """Claim an Idempotency-Key for `request_id`; None = claimed, else the existing one.
+
+        The row names its request before that request is admitted or appended. A stale
+        pending key is reclaimed only when its request was never admitted (or was revoked):
+        one that was admitted may be in the log already (a failure between Kafka's ack and
+        `complete_key`), so the caller answers that request instead of appending another.
+        """
+        pending_s = self._s.idempotency_pending_s
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "INSERT INTO command.idempotency_keys AS k"
@@ -223,21 +238,30 @@ class CommandStore:
                 " request_id = EXCLUDED.request_id, state = 'pending', response = NULL,"
                 " created_at = now()"
                 " WHERE k.created_at < now() - make_interval(secs => %s)"
-                " OR (k.state = 'pending' AND k.created_at < now() - make_interval(secs => %s))"
+                " OR (k.state = 'pending' AND k.created_at < now() - make_interval(secs => %s)"
+                "     AND NOT EXISTS (SELECT 1 FROM command.requests r"
+                "                      WHERE r.request_id = k.request_id))"
                 " RETURNING request_id",
-                (user_id, key, digest, request_id, self._s.idempotency_ttl_s, STALE_PENDING_S),
+                (user_id, key, digest, request_id, self._s.idempotency_ttl_s, pending_s),
             )
             if await cur.fetchone() is not None:
                 return None
             cur = await conn.execute(
-                "SELECT body_hash, request_id, state, response FROM command.idempotency_keys"
-                " WHERE user_id = %s AND key = %s",
-                (user_id, key),
+                "SELECT k.body_hash, k.request_id, k.state, k.response,"
+                " k.created_at < now() - make_interval(secs => %s),"
+                " r.conversation_id, r.created_at"
+                " FROM command.idempotency_keys k"
+                " LEFT JOIN command.requests r ON r.request_id = k.request_id"
+                " WHERE k.user_id = %s AND k.key = %s",
+                (pending_s, user_id, key),
             )
             row = await cur.fetchone()
         if row is None:  # deleted between the two statements: a released claim; try again
             return await self.claim_key(user_id, key, digest, request_id)
-        return IdempotencyRecord(row[0] == digest, row[1], row[2] == "done", row[3])
+        admitted = None if row[5] is None else (row[5], row[6])
+        return IdempotencyRecord(
+            row[0] == digest, row[1], row[2] == "done", row[3], bool(row[4]), admitted
+        )
 
     async def complete_key(self, user_id: str, key: str, response: dict[str, Any]) -> None:
         async with self.pool.connection() as conn:

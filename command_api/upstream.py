@@ -4,12 +4,17 @@ The command API never imports the query API: it reads
 `GET {query_api_url}/v1/chat/completions/{id}/stream` with the caller's own bearer key
 (the stream is only served to the request's owner) and parses the SSE wire format of the
 shared brief. A reconnect sends `Last-Event-ID`, so no chunk is lost or repeated.
+
+When the link fails for good, the client is told only that it failed, with the request id;
+what the query API answered (its body may carry a database's error text) or the transport
+error goes to this service's log under that id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +23,7 @@ import httpx
 
 from command_api.errors import UpstreamUnavailable
 
+log = logging.getLogger(__name__)
 TERMINAL_EVENTS = ("done", "error")
 
 
@@ -91,11 +97,17 @@ class StreamSource:
                                 return
                     elif resp.status_code != 404 or loop.time() > grace_until:
                         await resp.aread()
-                        raise UpstreamUnavailable(
-                            f"The stream source answered {resp.status_code}: {resp.text[:200]}"
-                        )
+                        raise _failed(request_id, f"answered {resp.status_code}: {resp.text!r}")
             except (httpx.TransportError, json.JSONDecodeError) as exc:
                 failures += 1
                 if failures > self._max_reconnects:
-                    raise UpstreamUnavailable(f"The stream source is unreachable: {exc}") from exc
+                    raise _failed(request_id, f"unreachable: {exc!r}") from exc
             await asyncio.sleep(min(0.05 * 2**failures, 1.0))
+
+
+def _failed(request_id: str, detail: str) -> UpstreamUnavailable:
+    """The generic error for the client; the detail is logged under the request id."""
+    log.warning("stream source failed for %s: %s", request_id, detail[:2000])
+    return UpstreamUnavailable(
+        f"The stream source failed for request {request_id} (details are in the log)."
+    )

@@ -2,6 +2,11 @@
 
 Parsing is done by hand from raw bytes (not as a FastAPI body parameter) so the endpoint
 controls the size limit (413) and can hash the exact body for idempotency.
+
+What the API accepts, every projection must store: JSON can carry two things that no event
+(Avro's UTF-8), Postgres text or Meilisearch can hold, a lone surrogate (`"\\ud800"`) and
+U+0000. Both are refused at the door, in any string of the body (keys included), with a
+400 naming the field; everything else is stored as sent.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from command_api.settings import CommandSettings
-from infra.http import BadRequest
+from infra.http import BadRequest, NotFound
 from schemas import ChatMessage, GenerationParams
 
 ROLES = ("system", "user", "assistant")
@@ -92,6 +97,7 @@ def parse_body(raw: bytes, settings: CommandSettings) -> PromptRequest:
         raise BadRequest(f"Body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(data, dict):
         raise BadRequest("Body must be a JSON object.", code="invalid_json")
+    refuse_unstorable(data, ())
     for name in UNSUPPORTED:
         if data.get(name) not in (None, [], {}):
             raise BadRequest(
@@ -104,6 +110,45 @@ def parse_body(raw: bytes, settings: CommandSettings) -> PromptRequest:
         param = ".".join(str(p) for p in first["loc"] if not _union_tag(p)) or None
         raise BadRequest(f"{param}: {first['msg']}", param=param, code="invalid_value") from exc
     return _check(body, settings)
+
+
+def unstorable(text: str) -> str | None:
+    """Why `text` cannot be stored (a lone surrogate, U+0000), or None when it can."""
+    if "\x00" in text:
+        return "contains U+0000 (NUL)"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (not valid Unicode)"
+    return None
+
+
+def check_text(text: str, param: str) -> None:
+    """BadRequest naming `param` unless `text` can be stored (see `unstorable`)."""
+    reason = unstorable(text)
+    if reason is not None:
+        raise BadRequest(f"{param} {reason}.", param=param, code="invalid_value")
+
+
+def path_id(value: str, param: str, what: str) -> str:
+    """A path id as given, or 404 for one no id can be (U+0000, a lone surrogate): such a
+    value would only fail in the database driver (a 500) on its way to the same answer."""
+    if unstorable(value) is not None:
+        raise NotFound(f"No such {what}.", param=param)
+    return value
+
+
+def refuse_unstorable(value: Any, path: tuple[str | int, ...]) -> None:
+    """Walk a parsed JSON value; BadRequest naming the first unstorable string's path."""
+    if isinstance(value, str):
+        check_text(value, ".".join(map(str, path)) or "body")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_text(k, ".".join(map(str, (*path, "<key>"))))  # where a bad key sits
+            refuse_unstorable(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            refuse_unstorable(v, (*path, i))
 
 
 def _union_tag(part: str | int) -> bool:

@@ -2,6 +2,11 @@
 
 Keys are random (256 bits) and stored only as sha256 digests in `command.api_keys`, so a
 leaked table does not leak keys; a slow password hash buys nothing for keys this long.
+
+Revocation (`revoked_at` set) takes effect within `AUTH_CACHE_TTL_S` (5 s) in each API:
+each keeps exactly one cache of resolved keys with that lifetime (the query API this
+resolver's, the command API its own `AuthCache` in front of an uncached resolver), so the
+bounds never stack.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import Any
 import psycopg
 
 KEY_PREFIX = "cl-"
+# The longest a revoked key keeps working in either API (see the module docstring).
+AUTH_CACHE_TTL_S = 5.0
 
 AUTH_DDL = """
 CREATE SCHEMA IF NOT EXISTS command;
@@ -51,10 +58,14 @@ def create_key(conn: psycopg.Connection[Any], user_id: str) -> str:
 
 
 class KeyResolver:
-    """Resolves bearer keys to user ids, caching hits briefly so auth is not a query per call."""
+    """Resolves bearer keys to user ids, caching hits for `ttl_s` (at most
+    `AUTH_CACHE_TTL_S`, so a revoked key stops within that) so auth is not a query per
+    call; `ttl_s=0` caches nothing (for a caller with its own cache in front)."""
 
-    def __init__(self, ttl_s: float = 30.0) -> None:
-        self._ttl_s = ttl_s
+    def __init__(self, ttl_s: float = AUTH_CACHE_TTL_S, max_entries: int = 10_000) -> None:
+        if not 0 <= ttl_s <= AUTH_CACHE_TTL_S:
+            raise ValueError(f"ttl_s must be 0-{AUTH_CACHE_TTL_S} s (the revocation bound)")
+        self._ttl_s, self._max = ttl_s, max_entries
         self._cache: dict[str, tuple[str, float]] = {}
 
     async def user_for(self, conn: psycopg.AsyncConnection[Any], key: str) -> str | None:
@@ -71,5 +82,8 @@ class KeyResolver:
         if row is None:
             self._cache.pop(digest, None)
             return None
-        self._cache[digest] = (row[0], now + self._ttl_s)
+        if self._ttl_s > 0:
+            if len(self._cache) >= self._max:
+                self._cache.clear()  # crude but bounded; misses only cost one query
+            self._cache[digest] = (row[0], now + self._ttl_s)
         return str(row[0])

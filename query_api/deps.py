@@ -40,7 +40,8 @@ State = Annotated[AppState, Depends(get_state)]
 
 
 async def current_user(state: State, authorization: Annotated[str | None, Header()] = None) -> str:
-    """The user id of the bearer key, or 401."""
+    """The user id of the bearer key, or 401 (a revoked key within AUTH_CACHE_TTL_S, 5 s:
+    `state.keys` is the query API's only cache of keys)."""
     key = bearer_key(authorization)
     async with state.pool.connection() as conn:
         user = await state.keys.user_for(conn, key)

@@ -14,7 +14,7 @@ from command_api.errors import GatewayTimeout, UpstreamUnavailable
 from command_api.openai_format import ChunkStream, CompletionError, collect
 from command_api.prompts import Accepted
 from command_api.tracing import traceparent_for
-from command_api.validation import parse_body
+from command_api.validation import parse_body, path_id
 from infra.auth import hash_key
 from infra.http import ApiError, NotFound, PayloadTooLarge, Unauthorized, bearer_key
 from schemas import CancelRequested
@@ -149,7 +149,7 @@ async def cancel_chat_completion(
 ) -> JSONResponse:
     """Ask for a generation to stop: 202 when asked now, 200 with the state when already
     asked or already over."""
-    req = await ctx.store.request(request_id, user)
+    req = await ctx.store.request(path_id(request_id, "request_id", "request"), user)
     if req is None:
         raise NotFound("No such request.", param="request_id")
     state = await ctx.read_model.completion(request_id)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from command_api.deps import Ctx, CurrentUser
 from command_api.store import ConversationRow
 from command_api.tracing import traceparent_for
+from command_api.validation import check_text, path_id
 from infra.http import BadRequest, NotFound
 from schemas import ConversationDeleted, ConversationRenamed
 
@@ -22,7 +23,9 @@ class RenameBody(BaseModel):
 
 
 async def owned(ctx: Ctx, conversation_id: str, user: str) -> ConversationRow:
-    conv = await ctx.store.conversation(conversation_id, user)
+    conv = await ctx.store.conversation(
+        path_id(conversation_id, "conversation_id", "conversation"), user
+    )
     if conv is None:
         raise NotFound("No such conversation.", param="conversation_id")
     return conv
@@ -37,6 +40,7 @@ async def rename_conversation(
     traceparent: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     """Rename a conversation (ConversationRenamed)."""
+    check_text(body.title, "title")  # what the projection could not store is refused here
     title = " ".join(body.title.split())
     if not title or len(title) > ctx.settings.max_title_chars:
         raise BadRequest(

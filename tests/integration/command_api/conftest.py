@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from fastapi import FastAPI
 
 from command_api import CommandSettings, create_app
 from infra.auth import create_key
@@ -30,8 +31,10 @@ def command_settings(infra: InfraSettings, **overrides: Any) -> CommandSettings:
 
 
 @asynccontextmanager
-async def running_client(settings: CommandSettings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan, reached in-process (no port)."""
+async def running_app(
+    settings: CommandSettings,
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The app with its lifespan (its `state.ctx` wired), reached in-process (no port)."""
     app = create_app(settings)
     async with (
         app.router.lifespan_context(app),
@@ -39,6 +42,13 @@ async def running_client(settings: CommandSettings) -> AsyncIterator[httpx.Async
             transport=httpx.ASGITransport(app=app), base_url="http://command", timeout=30
         ) as client,
     ):
+        yield app, client
+
+
+@asynccontextmanager
+async def running_client(settings: CommandSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan, reached in-process (no port)."""
+    async with running_app(settings) as (_, client):
         yield client
 
 

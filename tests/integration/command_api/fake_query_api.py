@@ -58,6 +58,7 @@ class FakeQueryApi:
     seen_last_ids: list[str | None] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     connections: int = 0
+    fail_with: tuple[int, str] | None = None  # answer every stream with (status, body)
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/v1/chat/completions/{rid}/stream", self.stream)])
@@ -67,6 +68,8 @@ class FakeQueryApi:
         self.seen_auth.append(auth)
         if self.owner_auth is not None and auth != self.owner_auth:
             return Response(json.dumps({"error": {"message": "not found"}}), status_code=404)
+        if self.fail_with is not None:
+            return Response(self.fail_with[1], status_code=self.fail_with[0])
         rid = request.path_params["rid"]
         last = request.headers.get("last-event-id")
         self.seen_last_ids.append(last)

@@ -100,6 +100,36 @@ async def test_concurrency_cap_counts_unfinished_generations(infra_settings, new
         assert resp.status_code == 202
 
 
+async def test_a_stopped_projection_never_locks_a_user_out(infra_settings, new_user):
+    """No processors run here: the read model never shows a prompt terminal. Each prompt's
+    slot lapses with its lease, so prompts spaced over the lease go on being accepted, and
+    a burst beyond the cap is still refused."""
+    capped = command_settings(infra_settings, max_concurrent_generations=2, generation_lease_s=2.0)
+    _, auth = new_user()
+    _, other_auth = new_user()
+    async with running_client(capped) as client:
+        statuses = []
+        for _ in range(3):  # 9 prompts over three leases, three times the cap
+            for _ in range(3):
+                resp = await client.post("/v1/chat/completions", json=prompt(), headers=auth)
+                statuses.append(resp.status_code)
+            await asyncio.sleep(2.5)
+        assert statuses == [202, 202, 429] * 3
+        # Two users at once (the batched admission path): their lapsed slots are free too.
+        for headers in (auth, other_auth):
+            for _ in range(2):
+                resp = await client.post("/v1/chat/completions", json=prompt(), headers=headers)
+                assert resp.status_code == 202
+        await asyncio.sleep(2.5)
+        both = await asyncio.gather(
+            *(
+                client.post("/v1/chat/completions", json=prompt(), headers=h)
+                for h in (auth, other_auth, auth, other_auth, auth, other_auth)
+            )
+        )
+        assert sorted(r.status_code for r in both) == [202] * 4 + [429] * 2
+
+
 async def test_kafka_unreachable_answers_503_quickly_and_no_event_appears(
     infra_settings, settings, new_user
 ):

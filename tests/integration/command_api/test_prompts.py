@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
+import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from command_api.prompts import canonical_hash
+from command_api.prompts import PromptService, canonical_hash
 from command_api.store import CommandStore
+from infra.clients import pg_connect
 from schemas import PromptSubmitted
-from tests.integration.command_api.conftest import events_about, project_turn, prompt
+from tests.integration.command_api.conftest import (
+    command_settings,
+    events_about,
+    project_turn,
+    prompt,
+    running_app,
+)
 
 pytestmark = pytest.mark.integration
 TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -235,3 +245,72 @@ async def test_a_key_whose_first_request_is_still_running_answers_409(client, se
     )
     assert resp.status_code == 409
     assert resp.json()["error"]["code"] == "idempotency_key_in_progress"
+    assert resp.headers["retry-after"] == "1"
+
+
+class CompleteFailsOnce(CommandStore):
+    """The real store, except that marking a key done fails once: Postgres lost between
+    Kafka's ack and `complete_key` (what a crash there leaves behind, too)."""
+
+    failed = False
+
+    async def complete_key(self, user_id: str, key: str, response: dict[str, Any]) -> None:
+        if not self.failed:
+            self.failed = True
+            raise psycopg.OperationalError("simulated: the connection broke")
+        await super().complete_key(user_id, key, response)
+
+
+async def test_a_failure_between_the_ack_and_completing_the_key_never_appends_twice(
+    infra_settings, new_user
+):
+    settings = command_settings(infra_settings, idempotency_pending_s=0.5)
+    user, auth = new_user()
+    headers = {**auth, "Idempotency-Key": "ack-then-fail"}
+    body = prompt("exactly once")
+    async with running_app(settings) as (app, client):
+        ctx = app.state.ctx
+        store = CompleteFailsOnce(ctx.pool, settings)
+        ctx.prompts = PromptService(settings, store, ctx.read_model, ctx.log, ctx.metrics)
+        first = await client.post("/v1/chat/completions", json=body, headers=headers)
+        assert store.failed
+        await asyncio.sleep(1.0)  # past the pending window: the key is reclaimable by age
+        retry = await client.post("/v1/chat/completions", json=body, headers=headers)
+    submitted = [e for _, e in await events_about(settings, user) if isinstance(e, PromptSubmitted)]
+    assert len(submitted) == 1, [e.request_id for e in submitted]
+    assert first.status_code == 202, first.text  # it WAS accepted: the client is told so
+    assert retry.status_code == 202, retry.text
+    assert retry.json()["id"] == first.json()["id"] == submitted[0].request_id
+    assert retry.headers["idempotent-replayed"] == "true"
+
+
+async def test_a_stale_key_whose_request_was_never_admitted_is_reclaimed(
+    client, settings, new_user
+):
+    """A process that died before admission left only the key: the retry goes through."""
+    user, auth = new_user()
+    body = prompt("reclaimed")
+    digest = canonical_hash(json.dumps(body).encode())
+    with pg_connect(settings) as conn:
+        conn.execute(
+            "INSERT INTO command.idempotency_keys (user_id, key, body_hash, request_id, state,"
+            " created_at) VALUES (%s, 'k-dead', %s, 'chatcmpl-dead', 'pending',"
+            " now() - interval '1 hour')",
+            (user, digest),
+        )
+    resp = await client.post(
+        "/v1/chat/completions", json=body, headers={**auth, "Idempotency-Key": "k-dead"}
+    )
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["id"] != "chatcmpl-dead"
+    submitted = [e for _, e in await events_about(settings, user) if isinstance(e, PromptSubmitted)]
+    assert [e.request_id for e in submitted] == [resp.json()["id"]]
+
+
+async def test_a_nul_in_the_idempotency_key_is_a_400_naming_the_header(client, new_user):
+    _, auth = new_user()
+    resp = await client.post(
+        "/v1/chat/completions", json=prompt(), headers={**auth, "Idempotency-Key": b"k\x00"}
+    )
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "Idempotency-Key"

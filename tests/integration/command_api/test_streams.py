@@ -44,6 +44,7 @@ def script(fake):
     fake.seen_auth.clear()
     fake.seen_last_ids.clear()
     fake.connections = 0
+    fake.fail_with = None
     fake.closed.clear()
     return fake
 
@@ -205,7 +206,29 @@ async def test_unreachable_stream_source_still_names_the_accepted_request(infra_
         streamed = await client.post("/v1/chat/completions", json=prompt(stream=True), headers=auth)
         last = json.loads(frames(streamed.text)[-1])
         assert last["error"]["code"] == "stream_unavailable"
+        assert "connection" not in last["error"]["message"].lower()  # httpx's text: the log's
         assert (
             f"/v1/chat/completions/{streamed.headers['x-request-id']}/stream"
             in (last["error"]["message"])
         )
+
+
+async def test_an_upstream_error_body_is_logged_not_answered(
+    stream_client, script, new_user, caplog
+):
+    _, auth = new_user()
+    secret = 'psycopg.errors.DataError: invalid byte sequence near "users_pkey"'
+    script.fail_with = (500, secret)
+    waited = await stream_client.post(
+        "/v1/chat/completions", json=prompt(stream=False), headers=auth
+    )
+    assert waited.status_code == 503
+    rid = waited.headers["x-request-id"]
+    message = waited.json()["error"]["message"]
+    assert rid in message and "psycopg" not in message and "500" not in message, message
+    streamed = await stream_client.post(
+        "/v1/chat/completions", json=prompt(stream=True), headers=auth
+    )
+    assert "psycopg" not in streamed.text and streamed.headers["x-request-id"] in streamed.text
+    logged = [r.getMessage() for r in caplog.records if rid in r.getMessage()]
+    assert any(secret in line for line in logged), logged

@@ -123,3 +123,41 @@ def test_limits_on_count_and_total_size() -> None:
     with pytest.raises(BadRequest) as info:
         parse_body(long, small)
     assert info.value.code == "context_too_long"
+
+
+SURROGATE, NUL = "\ud800", "\x00"
+
+
+@pytest.mark.parametrize("bad", [SURROGATE, NUL])
+@pytest.mark.parametrize(
+    ("over", "param"),
+    [
+        ({"messages": [{"role": "user", "content": "hi{}"}]}, "messages.0.content"),
+        (
+            {"messages": [{"role": "system", "content": "be{}"}, {"role": "user", "content": "x"}]},
+            "messages.0.content",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "a{}"}]}]},
+            "messages.0.content.0.text",
+        ),
+        ({"stop": "st{}"}, "stop"),
+        ({"stop": ["ok", "st{}"]}, "stop.1"),
+        ({"model": "m-small{}"}, "model"),
+        ({"user": "u{}"}, "user"),
+        ({"conversation_id": "conv-{}"}, "conversation_id"),
+        ({"extra_field{}": 1}, "<key>"),
+    ],
+)
+def test_a_lone_surrogate_or_nul_in_any_string_is_a_400_naming_the_field(
+    over: dict[str, Any], param: str, bad: str
+) -> None:
+    escape = json.dumps(bad)[1:-1]  # the JSON escape a client sends: `\ud800`, `\u0000`
+    raw = body(**json.loads(json.dumps(over).replace("{}", escape)))
+    err = refused(raw)
+    assert (err.status, err.param, err.code) == (400, param, "invalid_value")
+
+
+def test_a_surrogate_pair_is_one_character_and_accepted() -> None:
+    raw = b'{"model": "m-small", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}'
+    assert parse_body(raw, SETTINGS).messages[0].content == "\N{GRINNING FACE}"
