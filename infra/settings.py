@@ -30,6 +30,9 @@ class InfraSettings(BaseSettings):
     # chat.completions' retention (token chunks are bulky and only serve live and resumed
     # streams); chat.conversations and chat.answers keep everything (retention.ms=-1).
     completions_retention_ms: int = 3 * 24 * 3600 * 1000
+    # chat.dlq's: copies of poison records (the originals stay in their topics), kept a
+    # month so an operator back from a holiday can still fix and re-publish them.
+    dlq_retention_ms: int = 30 * 24 * 3600 * 1000
     postgres_url: str = "postgresql://chatlog@127.0.0.1:15432/chatlog"
     meili_url: str | None = "http://127.0.0.1:17700"
     meili_key: str = LOCAL_MEILI_KEY
