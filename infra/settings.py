@@ -33,6 +33,8 @@ class InfraSettings(BaseSettings):
     # chat.dlq's: copies of poison records (the originals stay in their topics), kept a
     # month so an operator back from a holiday can still fix and re-publish them.
     dlq_retention_ms: int = 30 * 24 * 3600 * 1000
+    # `chatlog status` calls a projection degraded (and exits non-zero) past this lag.
+    status_max_lag_events: int = 1_000
     postgres_url: str = "postgresql://chatlog@127.0.0.1:15432/chatlog"
     meili_url: str | None = "http://127.0.0.1:17700"
     meili_key: str = LOCAL_MEILI_KEY
