@@ -40,6 +40,10 @@ class InfraSettings(BaseSettings):
     meili_key: str = LOCAL_MEILI_KEY
     index_prefix: str = ""
     models: str = "SmolLM2-135M-Instruct"  # comma-separated ids the inference deployment serves
+    # Ray's shared-memory object store for the inference replicas (`ray.init(object_store_
+    # memory=...)`). Tokens go to Kafka directly, never through Ray objects, so a small store
+    # is plenty; Ray's default is 30% of the machine's memory, on /dev/shm.
+    ray_object_store_bytes: int = 256 * 1024 * 1024
 
     @property
     def model_ids(self) -> list[str]:

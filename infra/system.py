@@ -63,6 +63,7 @@ def settings_env(settings: InfraSettings) -> dict[str, str]:
         "CHATLOG_MEILI_KEY": settings.meili_key,
         "CHATLOG_INDEX_PREFIX": settings.index_prefix,
         "CHATLOG_MODELS": settings.models,
+        "CHATLOG_RAY_OBJECT_STORE_BYTES": str(settings.ray_object_store_bytes),
     }
     return env
 
