@@ -32,7 +32,7 @@ from command_api.settings import CommandSettings
 from command_api.store import CommandStore
 from command_api.upstream import StreamSource
 from infra.auth import KeyResolver
-from infra.clients import apply_read_model_ddl, check_idle_connection, pg_connect
+from infra.clients import apply_read_model_ddl, check_idle_connection, ensure_topics, pg_connect
 from infra.http import ApiError, install_error_handlers
 from infra.runtime import tune_gc
 
@@ -89,6 +89,8 @@ async def _running(settings: CommandSettings, metrics: Metrics) -> AsyncIterator
     try:
         await asyncio.to_thread(_migrate, settings)
         await log_.start(settings.startup_timeout_s, required=settings.require_kafka_at_startup)
+        if settings.require_kafka_at_startup:  # topics and their retention (infra.clients)
+            await asyncio.to_thread(ensure_topics, settings)
         store = CommandStore(pool, settings)
         read_model = ReadModel(pool)
         ctx = Context(

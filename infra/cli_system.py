@@ -10,7 +10,7 @@ from typing import Any
 
 from infra.local import LocalStack
 from infra.settings import InfraSettings
-from infra.system import COMPONENTS, System, component
+from infra.system import COMPONENTS, Probe, System, assess, component, exit_code
 
 DEMO_USER = "demo"
 
@@ -19,9 +19,10 @@ def register(sub: Any) -> None:
     up = sub.add_parser("up", help="set up what is missing and start everything")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)
-    sub.add_parser("status", help="each component, its health, projection lag").set_defaults(
-        func=cmd_status
-    )
+    sub.add_parser(
+        "status",
+        help="each component's health and projection lag; exit 0 healthy, 1 down, 2 degraded",
+    ).set_defaults(func=cmd_status)
     logs = sub.add_parser("logs", help="tail one component's log")
     logs.add_argument("component", help="kafka, postgres, meilisearch or a service name")
     logs.add_argument("-n", type=int, default=50)
@@ -95,19 +96,28 @@ def cmd_down(_: argparse.Namespace) -> int:
 
 
 def cmd_status(_: argparse.Namespace) -> int:
-    from infra.cli_infra import cmd_status as infra_status
+    """Print each component's verdict; exit 0 healthy, 1 anything down, 2 degraded only."""
     from infra.lag import total_lag_by_projection
 
-    ok = infra_status(_) == 0
-    system = System(InfraSettings())
-    for c in COMPONENTS:
-        state = "healthy" if system.healthy(c) else ("running" if system.running(c) else "stopped")
-        ok = ok and state == "healthy"
-        print(f"{c.name:12} {state:8} {system.health_url(c) or ''}")
-    if ok:
-        for projection, lag in sorted(total_lag_by_projection(InfraSettings()).items()):
-            print(f"projection {projection:20} lag {lag} events")
-    return 0 if ok else 1
+    settings = InfraSettings()
+    probes = [Probe(s.name, s.running, s.healthy, s.where) for s in LocalStack(settings).status()]
+    system = System(settings)
+    probes += [
+        Probe(c.name, system.running(c), system.healthy(c), system.health_url(c) or "")
+        for c in COMPONENTS
+    ]
+    lags: dict[str, int] | None = None
+    if not all(p.healthy for p in probes if p.name in ("kafka", "postgres")):
+        error = "needs Kafka and PostgreSQL"
+    else:
+        try:
+            lags, error = total_lag_by_projection(settings), ""
+        except Exception as exc:  # e.g. a read model without its tables yet
+            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    verdicts = assess(probes, lags, settings.status_max_lag_events, error)
+    for v in verdicts:
+        print(f"{v.name:20} {v.state:8} {v.detail}")
+    return exit_code(verdicts)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

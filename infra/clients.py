@@ -6,6 +6,7 @@ Kafka 4 clients default to 5 ms, which would sit inside every time-to-first-toke
 
 from __future__ import annotations
 
+import logging
 import select
 import time
 from typing import Any
@@ -13,13 +14,22 @@ from typing import Any
 import meilisearch
 import psycopg
 from aiokafka import AIOKafkaProducer
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 from psycopg_pool import AsyncConnectionPool
 
 from infra.settings import InfraSettings
 from schemas.resources import MESSAGES_INDEX, read_model_ddl, search_index_spec
 
 PRODUCER_LINGER_MS = 1
+
+log = logging.getLogger(__name__)
 
 
 def producer_config(settings: InfraSettings, **overrides: Any) -> dict[str, Any]:
@@ -45,19 +55,59 @@ def aio_producer(settings: InfraSettings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**options)
 
 
+def topic_configs(settings: InfraSettings) -> dict[str, dict[str, str]]:
+    """Each topic's retention, set explicitly: the broker's default (7 days) would delete the
+    events every read model, index and rebuild comes from.
+
+    chat.conversations and chat.answers are the source of truth (unlimited); chat.completions'
+    token chunks only serve live and resumed streams (`completions_retention_ms`); chat.dlq
+    keeps copies of poison records long enough for an operator to fix and re-publish them
+    (`dlq_retention_ms`). Size never deletes anything (`retention.bytes=-1`) and nothing is
+    compacted (`cleanup.policy=delete`): every event of a key matters, not only its last.
+    """
+
+    def config(retention_ms: int) -> dict[str, str]:
+        return {
+            "cleanup.policy": "delete",
+            "retention.ms": str(retention_ms),
+            "retention.bytes": "-1",
+        }
+
+    t = settings.topics
+    return {
+        t.conversations: config(-1),
+        t.completions: config(settings.completions_retention_ms),
+        t.answers: config(-1),
+        t.dlq: config(settings.dlq_retention_ms),
+    }
+
+
 def ensure_topics(settings: InfraSettings, timeout_s: float = 30.0) -> list[str]:
-    """Create the architecture's topics (with its partition count) where missing."""
+    """Create the architecture's topics where missing, with their partition count and
+    `topic_configs`; on topics that exist, correct any config that differs (with a warning).
+
+    Returns the topics it created. Every service and `chatlog up` call it at start, so a
+    topic created by hand or by an older release gets its retention before anything runs.
+    """
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    configs = topic_configs(settings)
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [t for t in settings.topics.all() if t not in existing]
+    created: list[str] = []
     if wanted:
         futures = admin.create_topics(
-            [NewTopic(t, num_partitions=settings.partitions, replication_factor=1) for t in wanted],
+            [
+                NewTopic(
+                    t, num_partitions=settings.partitions, replication_factor=1, config=configs[t]
+                )
+                for t in wanted
+            ],
             operation_timeout=timeout_s,
         )
         for topic, future in futures.items():
             try:
                 future.result(timeout=timeout_s)
+                created.append(topic)
             except Exception as exc:  # a concurrent creator won the race: fine
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise RuntimeError(f"could not create topic {topic}: {exc}") from exc
@@ -67,7 +117,67 @@ def ensure_topics(settings: InfraSettings, timeout_s: float = 30.0) -> list[str]
             if time.monotonic() > deadline:
                 raise RuntimeError(f"topics {wanted} not visible after {timeout_s}s")
             time.sleep(0.1)
-    return wanted
+    # Topics that existed, and those a concurrent creator made with other configs.
+    correct_topic_configs(admin, configs, timeout_s)
+    return created
+
+
+ConfigDiff = dict[str, dict[str, tuple[str | None, str]]]  # {topic: {config: (old, new)}}
+
+
+def correct_topic_configs(
+    admin: AdminClient, configs: dict[str, dict[str, str]], timeout_s: float
+) -> ConfigDiff:
+    """Set every config in `configs` that a topic lacks, logging a WARNING per change, and
+    wait until the broker describes the new values (an alter is acknowledged before its
+    metadata is applied). Returns what was changed.
+
+    An incremental alter touches only the named configs, never a topic's others.
+    """
+    changes = _config_diff(admin, configs, timeout_s)
+    if not changes:
+        return changes
+    alters = [
+        ConfigResource(
+            ResourceType.TOPIC,
+            topic,
+            incremental_configs=[
+                ConfigEntry(name, new, incremental_operation=AlterConfigOpType.SET)
+                for name, (_old, new) in diff.items()
+            ],
+        )
+        for topic, diff in changes.items()
+    ]
+    for resource, future in admin.incremental_alter_configs(
+        alters, request_timeout=timeout_s
+    ).items():
+        future.result(timeout=timeout_s)
+        for name, (old, new) in changes[resource.name].items():
+            log.warning("topic %s: %s was %s, set to %s", resource.name, name, old, new)
+    deadline = time.monotonic() + timeout_s
+    while pending := _config_diff(admin, configs, timeout_s):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic configs not applied after {timeout_s}s: {pending}")
+        time.sleep(0.1)
+    return changes
+
+
+def _config_diff(
+    admin: AdminClient, configs: dict[str, dict[str, str]], timeout_s: float
+) -> ConfigDiff:
+    """The configs in `configs` whose described value differs (None: not described)."""
+    resources = [ConfigResource(ResourceType.TOPIC, topic) for topic in configs]
+    changes: ConfigDiff = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout_s).items():
+        current = future.result(timeout=timeout_s)
+        diff = {
+            name: (current[name].value if name in current else None, value)
+            for name, value in configs[resource.name].items()
+            if name not in current or current[name].value != value
+        }
+        if diff:
+            changes[resource.name] = diff
+    return changes
 
 
 def pg_connect(settings: InfraSettings, **kwargs: Any) -> psycopg.Connection[Any]:

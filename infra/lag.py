@@ -36,13 +36,16 @@ def projection_lags(settings: InfraSettings) -> list[PartitionLag]:
             'SELECT projection, topic, partition, "offset" FROM chatlog.projection_checkpoints'
         ).fetchall()
     stored = {(p, t, n): o for p, t, n, o in rows}
+    # What the projections fold today, plus any topic a projection has checkpoints on.
+    base = (settings.topics.conversations, settings.topics.completions)
+    folds = {p: set(base) | {t for q, t, _ in stored if q == p} for p in PROJECTIONS}
     consumer = Consumer(
         {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "chatlog-lag-probe"}
     )
     try:
         meta = consumer.list_topics(timeout=10)
         ends: dict[tuple[str, int], int] = {}
-        for topic in (settings.topics.conversations, settings.topics.completions):
+        for topic in sorted(set().union(*folds.values())):
             partitions = meta.topics[topic].partitions if topic in meta.topics else {}
             for p in sorted(partitions):
                 _, ends[(topic, p)] = consumer.get_watermark_offsets(
@@ -54,6 +57,7 @@ def projection_lags(settings: InfraSettings) -> list[PartitionLag]:
         PartitionLag(projection, topic, p, stored.get((projection, topic, p)), end)
         for projection in PROJECTIONS
         for (topic, p), end in sorted(ends.items())
+        if topic in folds[projection]
     ]
 
 

@@ -30,11 +30,20 @@ class InfraSettings(BaseSettings):
     # chat.completions' retention (token chunks are bulky and only serve live and resumed
     # streams); chat.conversations and chat.answers keep everything (retention.ms=-1).
     completions_retention_ms: int = 3 * 24 * 3600 * 1000
+    # chat.dlq's: copies of poison records (the originals stay in their topics), kept a
+    # month so an operator back from a holiday can still fix and re-publish them.
+    dlq_retention_ms: int = 30 * 24 * 3600 * 1000
+    # `chatlog status` calls a projection degraded (and exits non-zero) past this lag.
+    status_max_lag_events: int = 1_000
     postgres_url: str = "postgresql://chatlog@127.0.0.1:15432/chatlog"
     meili_url: str | None = "http://127.0.0.1:17700"
     meili_key: str = LOCAL_MEILI_KEY
     index_prefix: str = ""
     models: str = "SmolLM2-135M-Instruct"  # comma-separated ids the inference deployment serves
+    # Ray's shared-memory object store for the inference replicas (`ray.init(object_store_
+    # memory=...)`). Tokens go to Kafka directly, never through Ray objects, so a small store
+    # is plenty; Ray's default is 30% of the machine's memory, on /dev/shm.
+    ray_object_store_bytes: int = 256 * 1024 * 1024
 
     @property
     def model_ids(self) -> list[str]:

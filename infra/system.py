@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def settings_env(settings: InfraSettings) -> dict[str, str]:
         "CHATLOG_MEILI_KEY": settings.meili_key,
         "CHATLOG_INDEX_PREFIX": settings.index_prefix,
         "CHATLOG_MODELS": settings.models,
+        "CHATLOG_RAY_OBJECT_STORE_BYTES": str(settings.ray_object_store_bytes),
     }
     return env
 
@@ -198,3 +200,57 @@ def wait_http(url: str, timeout_s: float) -> None:
         except Exception:
             time.sleep(0.3)
     raise ServiceError(f"{url} did not answer 200 within {timeout_s:.0f}s")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What `chatlog status` saw of one component: its process, and its health check."""
+
+    name: str
+    running: bool
+    healthy: bool
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One line of `chatlog status`: a component's state (healthy, degraded, down) and why."""
+
+    name: str
+    state: str
+    detail: str = ""
+
+
+HEALTHY, DEGRADED, DOWN = "healthy", "degraded", "down"
+
+
+def assess(
+    probes: Sequence[Probe], lags: Mapping[str, int] | None, max_lag: int, lag_error: str = ""
+) -> list[Verdict]:
+    """The verdict per component and per projection (pure: the CLI gathers the inputs).
+
+    A process that runs but fails its health check is down (it serves nothing). A
+    projection more than `max_lag` events behind the log is degraded: it answers, with
+    data that old. Lags that could not be read (`lags` None) leave the projections down.
+    """
+    out = [_probe_verdict(p) for p in probes]
+    if lags is None:
+        return [*out, Verdict("projections", DOWN, f"lag unreadable: {lag_error}".strip())]
+    for projection, lag in sorted(lags.items()):
+        state = DEGRADED if lag > max_lag else HEALTHY
+        out.append(Verdict(f"projection {projection}", state, f"lag {lag} events (max {max_lag})"))
+    return out
+
+
+def _probe_verdict(p: Probe) -> Verdict:
+    if p.healthy:
+        return Verdict(p.name, HEALTHY, p.where)
+    return Verdict(p.name, DOWN, f"running, not answering {p.where}" if p.running else "stopped")
+
+
+def exit_code(verdicts: Sequence[Verdict]) -> int:
+    """0 when everything is healthy, 1 when anything is down, 2 when degraded but none down."""
+    states = {v.state for v in verdicts}
+    if DOWN in states:
+        return 1
+    return 2 if DEGRADED in states else 0

@@ -74,6 +74,9 @@ def _run(settings: ProcessorSettings) -> int:
                 settings.metrics_port,
                 exc,
             )
+    from infra.clients import ensure_topics
+
+    ensure_topics(settings)  # ours, with their retention, before faust declares any
     worker = faust.Worker(create_app(settings), loglevel="INFO", quiet=True)
     worker.execute_from_commandline()
     return 0

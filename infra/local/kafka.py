@@ -11,7 +11,9 @@ from pathlib import Path
 from infra.local.procs import ServiceError, port_open, read_pid, spawn, stop_pid, wait_until
 
 KAFKA_VERSION = "4.1.1"  # keep in step with infra/kafka/pom.xml
-HEAP = "-Xmx768m"
+# The JVM's memory budget (README "Memory budget"): a fixed heap, direct buffers and class
+# metadata capped; the log itself lives in the page cache, outside these.
+JVM_MEMORY = ("-Xms768m", "-Xmx768m", "-XX:MaxDirectMemorySize=256m", "-XX:MaxMetaspaceSize=192m")
 
 
 class KafkaNode:
@@ -127,27 +129,26 @@ class KafkaNode:
             raise ServiceError(
                 f"port {self.port} is taken by another process; set CHATLOG_KAFKA_BOOTSTRAP"
             )
-        props = self._configure()
-        spawn(
-            [
-                self._java(),
-                HEAP,
-                "-XX:+UseG1GC",
-                "-Djava.awt.headless=true",
-                "-cp",
-                f"{self.libs}/*",
-                "kafka.Kafka",
-                str(props),
-            ],
-            log=self.log,
-            pidfile=self.pidfile,
-        )
+        spawn(self.command(self._configure()), log=self.log, pidfile=self.pidfile)
         wait_until(
             lambda: self.running() and port_open(self.port) and self._broker_ready(),
             timeout_s=timeout_s,
             what=f"Kafka on port {self.port}",
             hint=f"See {self.log}.",
         )
+
+    def command(self, props: Path) -> list[str]:
+        """The broker's command line, its memory budget included."""
+        return [
+            self._java(),
+            *JVM_MEMORY,
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            "-cp",
+            f"{self.libs}/*",
+            "kafka.Kafka",
+            str(props),
+        ]
 
     def _broker_ready(self) -> bool:
         if not self.running():

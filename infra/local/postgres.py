@@ -19,6 +19,16 @@ from infra.local.procs import ServiceError, port_open, wait_until
 
 SUPERUSER = "chatlog"
 DATABASE = "chatlog"
+# The memory budget (README "Memory budget"): shared buffers, and per backend a sort/hash
+# allowance. An idle backend costs ~3 MB; the services' pools hold ~30 (command 16, query
+# 10, processors, replicas); 300 leaves room for several test sessions sharing one stack.
+SERVER_SETTINGS = {
+    "max_connections": "300",
+    "shared_buffers": "256MB",
+    "work_mem": "4MB",
+    "maintenance_work_mem": "64MB",
+    "effective_cache_size": "2GB",
+}
 
 
 def pg_bindir() -> Path | None:
@@ -130,10 +140,7 @@ class PostgresNode:
             raise ServiceError(
                 f"port {self.port} is taken by another process; set CHATLOG_POSTGRES_URL"
             )
-        opts = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
-            "-c max_connections=300 -c shared_buffers=256MB"
-        )
+        opts = self.server_options()
         done = self._run(
             "pg_ctl",
             "-D",
@@ -156,6 +163,13 @@ class PostgresNode:
             timeout_s=timeout_s,
             what=f"PostgreSQL on port {self.port}",
             hint=f"See {self.log}.",
+        )
+
+    def server_options(self) -> str:
+        """`pg_ctl -o`'s options: where it listens, and its memory budget."""
+        settings = {"listen_addresses": "127.0.0.1", "unix_socket_directories": "''"}
+        return f"-p {self.port} " + " ".join(
+            f"-c {k}={v}" for k, v in {**settings, **SERVER_SETTINGS}.items()
         )
 
     def _ensure_database(self) -> bool:

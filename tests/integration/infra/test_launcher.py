@@ -12,6 +12,10 @@ from confluent_kafka import Consumer, Producer
 from infra.clients import ensure_topics, pg_connect, producer_config
 from infra.harness import Services
 from infra.local import LocalStack
+from infra.local.kafka import JVM_MEMORY
+from infra.local.meili import MAX_INDEXING_MEMORY
+from infra.local.postgres import SERVER_SETTINGS
+from infra.local.procs import read_pid
 from infra.settings import InfraSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,6 +47,7 @@ def test_start_status_stop_start_keeps_data(stack: LocalStack) -> None:
     settings = stack.settings
     stack.start()
     assert all(s.healthy for s in stack.status())
+    assert_memory_budgets(stack)
 
     topic = settings.topics.conversations
     producer = Producer(producer_config(settings))
@@ -75,3 +80,22 @@ def test_start_status_stop_start_keeps_data(stack: LocalStack) -> None:
             values.append(msg.value())
     consumer.close()
     assert values == [b"survives"]
+
+
+def assert_memory_budgets(stack: LocalStack) -> None:
+    """What the launcher started runs with its budget (README "Memory budget")."""
+    with pg_connect(stack.settings) as conn:
+        shown = {
+            name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+            for name in SERVER_SETTINGS
+        }
+    assert {name: row[0] if row else None for name, row in shown.items()} == SERVER_SETTINGS
+    assert stack.meili is not None
+    for pidfile, flags in (
+        (stack.kafka.pidfile, list(JVM_MEMORY)),
+        (stack.meili.pidfile, ["--max-indexing-memory", MAX_INDEXING_MEMORY]),
+    ):
+        pid = read_pid(pidfile)
+        assert pid is not None
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        assert all(f in argv for f in flags), argv
