@@ -28,7 +28,28 @@ class Request:
     last_token_at: float | None = None
     completion_tokens: int = 0
     cancelled: bool = False
-    done: bool = False
+    done: bool = False  # left the batch (final emitted, aborted or abandoned)
+    final_emitted: bool = False
+    abandoned: bool = False  # its partition was revoked: the new owner decides
+    streamed: list[str] = field(default_factory=list)  # the chunk texts sent, in order
+    unacked: int = 0  # events emitted, not yet acknowledged or failed
+    undelivered: BaseException | None = None  # the first event Kafka did not take
+    delivery_failures: int = 0  # earlier attempts of this prompt lost to delivery
+
+    def next_attempt(self) -> Request:
+        """A fresh attempt (attempt + 1) of the same prompt, after an undelivered event."""
+        return Request(
+            prompt=self.prompt,
+            attempt=self.attempt + 1,
+            partition=self.partition,
+            offset=self.offset,
+            prepared=self.prepared,
+            detok=self.detok.fresh(),
+            stops=StopMatcher(self.prompt.params.stop),
+            chunker=self.chunker.fresh(),
+            cancelled=self.cancelled,
+            delivery_failures=self.delivery_failures + 1,
+        )
 
     @property
     def request_id(self) -> str:
