@@ -4,12 +4,12 @@ One sender task drains one queue, so a request's chunks and its final event can 
 overtake each other, whichever coroutine emitted them. Events go to the partition number
 their prompt came from: the attempt ledger of a replica reads exactly the completions
 partitions matching its assigned conversations partitions, whatever partitioner the
-producer of the prompts used. A final event (CompletionFinished/CompletionFailed) is
-also written, the same record, to chat.answers: the durable answer, which outlives the
-chunks of chat.completions.
+producer of the prompts used. The scheduler also emits each final event a second time
+with `answers=True`: the same record goes to chat.answers, the durable answer, which
+outlives the chunks of chat.completions.
 
 Every event's delivery is checked: `on_delivered` runs exactly once per emit, with None
-once Kafka acknowledged it (on both topics for a final) or with the error. What is
+once Kafka acknowledged it, or with the error. What is
 emitted and not yet acknowledged is bounded (count and bytes): `room()` waits until it
 is under the bound, and the scheduler awaits it before each decode step, so a slow or
 unreachable Kafka slows generation down instead of growing memory.
@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 
 from inference.metrics import WorkerMetrics
 from schemas.codec import encode
-from schemas.events import CompletionFailed, CompletionFinished, Event
+from schemas.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,11 @@ OnDelivered = Callable[[BaseException | None], None]
 class EventSink(Protocol):
     """Where the scheduler's events go: Kafka in production, a list in unit tests."""
 
-    def emit(self, event: Event, partition: int, on_delivered: OnDelivered) -> None:
-        """Queue `event` for `partition`; `on_delivered` once it is durable or has failed."""
+    def emit(
+        self, event: Event, partition: int, on_delivered: OnDelivered, *, answers: bool = False
+    ) -> None:
+        """Queue `event` for `partition` of chat.completions (of chat.answers if `answers`);
+        `on_delivered` once it is durable or has failed."""
         ...
 
     async def room(self) -> None:
@@ -55,6 +58,7 @@ class _Item:
     headers: list[tuple[str, bytes]]
     size: int
     on_delivered: OnDelivered
+    answers: bool
 
 
 class Publisher:
@@ -89,7 +93,9 @@ class Publisher:
             self._partitions[topic] = len(await self._producer.partitions_for(topic))
         self._task = asyncio.create_task(self._run(), name="publisher")
 
-    def emit(self, event: Event, partition: int, on_delivered: OnDelivered) -> None:
+    def emit(
+        self, event: Event, partition: int, on_delivered: OnDelivered, *, answers: bool = False
+    ) -> None:
         try:
             value, raw_headers = encode(event)
         except Exception as exc:  # not encodable: fails like an undelivered event, later
@@ -99,7 +105,7 @@ class Publisher:
         headers = [(k, v if isinstance(v, bytes) else str(v).encode()) for k, v in raw_headers]
         size = len(value) + len(event.key) + sum(len(k) + len(v) for k, v in headers)
         self._account(1, size)
-        self._queue.put_nowait(_Item(event, partition, value, headers, size, on_delivered))
+        self._queue.put_nowait(_Item(event, partition, value, headers, size, on_delivered, answers))
 
     async def room(self) -> None:
         if not self._room.is_set() and self._metrics is not None:
@@ -145,49 +151,21 @@ class Publisher:
     async def _run(self) -> None:
         while True:
             item = await self._queue.get()
-            final = isinstance(item.event, CompletionFinished | CompletionFailed)
-            futures: list[asyncio.Future[object]] = []
-            error: BaseException | None = None
-            for topic in (self._topic, self._answers) if final else (self._topic,):
-                try:
-                    futures.append(await self._send(topic, item))
-                except Exception as exc:  # e.g. a record too large: report, keep sending
-                    error = exc
-                    break
-            _when_all(futures, error, functools.partial(self._settle, item))
-            self._queue.task_done()
+            try:
+                topic = self._answers if item.answers else self._topic
+                fut = await self._producer.send(
+                    topic,
+                    value=item.value,
+                    key=item.event.key.encode(),
+                    headers=item.headers,
+                    partition=item.partition % (self._partitions.get(topic) or item.partition + 1),
+                )
+                fut.add_done_callback(functools.partial(self._delivered, item))
+            except Exception as exc:  # e.g. a record too large: report, keep sending others
+                self._settle(item, exc)
+            finally:
+                self._queue.task_done()
 
-    async def _send(self, topic: str, item: _Item) -> asyncio.Future[object]:
-        count = self._partitions.get(topic) or item.partition + 1
-        return await self._producer.send(  # type: ignore[no-any-return]
-            topic,
-            value=item.value,
-            key=item.event.key.encode(),
-            headers=item.headers,
-            partition=item.partition % count,
-        )
-
-
-def _when_all(
-    futures: list[asyncio.Future[object]], error: BaseException | None, done: OnDelivered
-) -> None:
-    """Call `done` once, after every future resolved: with the first error (`error` if
-    one happened before them), or None. Every future's outcome is retrieved, so none is
-    left with an unretrieved exception."""
-    left = len(futures)
-    errors: list[BaseException] = [error] if error is not None else []
-    if not futures:
-        done(error)
-        return
-
-    def one(fut: asyncio.Future[object]) -> None:
-        nonlocal left
-        exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
-        if exc is not None:
-            errors.append(exc)
-        left -= 1
-        if left == 0:
-            done(errors[0] if errors else None)
-
-    for fut in futures:
-        fut.add_done_callback(one)
+    def _delivered(self, item: _Item, fut: asyncio.Future[object]) -> None:
+        # the outcome is always retrieved: no "exception was never retrieved"
+        self._settle(item, asyncio.CancelledError() if fut.cancelled() else fut.exception())

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from inference.chunker import Chunker
 from inference.detok import IncrementalDetokenizer, StopMatcher
 from inference.engine import PreparedPrompt
-from schemas.events import PromptSubmitted
+from schemas.events import CompletionFailed, CompletionFinished, PromptSubmitted
 
 
 @dataclass(eq=False)  # identity: two attempts of one prompt are different requests
@@ -30,6 +30,8 @@ class Request:
     cancelled: bool = False
     done: bool = False  # left the batch (final emitted, aborted or abandoned)
     final_emitted: bool = False
+    final: CompletionFinished | CompletionFailed | None = None
+    answered: bool = False  # the final was emitted to chat.answers as well
     abandoned: bool = False  # its partition was revoked: the new owner decides
     streamed: list[str] = field(default_factory=list)  # the chunk texts sent, in order
     unacked: int = 0  # events emitted, not yet acknowledged or failed

@@ -11,7 +11,9 @@ done (`on_done`: the ledger marks it final and its offset may be committed). If 
 not (a chunk, CompletionStarted, or the final on either topic), the attempt is lost: it
 stops generating and the prompt runs again as attempt + 1 after a backoff, from seq 0,
 so no client and no projection is left with a truncated answer that claims to be
-finished. After `delivery_retries` lost attempts the next one does not generate: it ends
+finished. Once every event of an attempt is on chat.completions, its final event goes to
+chat.answers too (so that topic holds only whole attempts), and its acknowledgement
+there is what makes the request done. After `delivery_retries` lost attempts the next one does not generate: it ends
 at once with a retryable CompletionFailed (`delivery_failed`), retried the same way
 until Kafka takes it.
 """
@@ -255,6 +257,7 @@ class Scheduler:
 
     def _final(self, req: Request, event: CompletionFinished | CompletionFailed) -> None:
         req.done = req.final_emitted = True
+        req.final = event
         if self.running.pop(req.seq_id, None) is not None:
             self.engine.release(req.seq_id)
         self._metrics.e2e.observe(time.monotonic() - req.consumed_at)
@@ -264,9 +267,9 @@ class Scheduler:
         self._gauges()
         self._wake.set()
 
-    def _emit(self, req: Request, event: Event) -> None:
+    def _emit(self, req: Request, event: Event, *, answers: bool = False) -> None:
         req.unacked += 1
-        self._pub.emit(event, req.partition, lambda exc: self._delivered(req, exc))
+        self._pub.emit(event, req.partition, lambda exc: self._delivered(req, exc), answers=answers)
 
     def _delivered(self, req: Request, exc: BaseException | None) -> None:
         req.unacked -= 1
@@ -284,6 +287,11 @@ class Scheduler:
         if self.by_request.get(req.request_id) is not req:
             return  # superseded (revoked, then assigned again): not ours to settle
         if req.undelivered is None:
+            if not req.answered:  # the whole attempt is on chat.completions: now the answer
+                req.answered = True
+                assert req.final is not None
+                self._emit(req, req.final, answers=True)
+                return
             self.by_request.pop(req.request_id)
             self._on_done(req)
             return
