@@ -13,11 +13,17 @@ once Kafka acknowledged it, or with the error. What is
 emitted and not yet acknowledged is bounded (count and bytes): `room()` waits until it
 is under the bound, and the scheduler awaits it before each decode step, so a slow or
 unreachable Kafka slows generation down instead of growing memory.
+
+After a send fails, the producer is replaced (once what it has in flight resolved): an
+idempotent aiokafka producer that lost a batch answers OutOfOrderSequenceNumber to every
+later batch of that partition, so without a fresh producer id one refused record would
+make that partition undeliverable for the life of the replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -66,7 +72,7 @@ class Publisher:
 
     def __init__(
         self,
-        producer: AIOKafkaProducer,
+        new_producer: Callable[[], AIOKafkaProducer],
         topic: str,
         answers: str,
         *,
@@ -74,7 +80,9 @@ class Publisher:
         max_bytes: int = 32 * 1024 * 1024,
         metrics: WorkerMetrics | None = None,
     ) -> None:
-        self._producer = producer
+        self._new_producer = new_producer
+        self._producer = new_producer()
+        self._poisoned = False  # a send failed: replace the producer before the next one
         self._topic = topic
         self._answers = answers
         self._max_events = max_events
@@ -89,6 +97,7 @@ class Publisher:
         self._room.set()
 
     async def start(self) -> None:
+        await self._producer.start()
         for topic in (self._topic, self._answers):
             self._partitions[topic] = len(await self._producer.partitions_for(topic))
         self._task = asyncio.create_task(self._run(), name="publisher")
@@ -128,6 +137,8 @@ class Publisher:
         while not self._queue.empty():  # never sent: their requests are not done
             item = self._queue.get_nowait()
             self._settle(item, asyncio.CancelledError("publisher stopped"))
+        with contextlib.suppress(Exception):
+            await self._producer.stop()
 
     def _account(self, events: int, size: int) -> None:
         self.events += events
@@ -152,6 +163,8 @@ class Publisher:
         while True:
             item = await self._queue.get()
             try:
+                if self._poisoned:
+                    await self._replace_producer()
                 topic = self._answers if item.answers else self._topic
                 fut = await self._producer.send(
                     topic,
@@ -168,4 +181,18 @@ class Publisher:
 
     def _delivered(self, item: _Item, fut: asyncio.Future[object]) -> None:
         # the outcome is always retrieved: no "exception was never retrieved"
-        self._settle(item, asyncio.CancelledError() if fut.cancelled() else fut.exception())
+        exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
+        if exc is not None:
+            self._poisoned = True
+        self._settle(item, exc)
+
+    async def _replace_producer(self) -> None:
+        """Let the old producer's batches resolve (order is kept), then a fresh one."""
+        old, self._poisoned = self._producer, False
+        with contextlib.suppress(Exception):
+            await old.flush()
+        with contextlib.suppress(Exception):
+            await old.stop()
+        self._producer = self._new_producer()
+        await self._producer.start()
+        log.warning("publisher: producer replaced after an undelivered event")

@@ -58,11 +58,10 @@ class ReplicaWorker:
         self.ledger = AttemptLedger()
         self.offsets = OffsetTracker()
         self._topics = settings.topics
-        self._producer = aio_producer(settings)
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: AIOKafkaConsumer | None = None
         self.publisher = Publisher(
-            self._producer,
+            lambda: aio_producer(settings),
             self._topics.completions,
             self._topics.answers,
             max_events=settings.publisher_max_events,
@@ -92,7 +91,6 @@ class ReplicaWorker:
     async def start(self) -> None:
         s = self.settings
         await asyncio.to_thread(ensure_topics, s)  # idempotent; a lone worker needs them too
-        await self._producer.start()
         await self.publisher.start()
         common: dict[str, Any] = {"bootstrap_servers": s.kafka_bootstrap}
         self._reader = AIOKafkaConsumer(**common, enable_auto_commit=False)
@@ -157,8 +155,6 @@ class ReplicaWorker:
                 with contextlib.suppress(Exception):
                     await client.stop()
         await self.publisher.stop()
-        with contextlib.suppress(Exception):
-            await self._producer.stop()
         self.engine.reset()
 
     # -- consuming ----------------------------------------------------------------------

@@ -156,6 +156,12 @@ class MemoryProducer:
     def __init__(self):
         self.sent: list[tuple[str, int, asyncio.Future]] = []
 
+    async def start(self):
+        pass
+
+    async def stop(self):
+        pass
+
     async def partitions_for(self, topic):
         return {0, 1, 2}
 
@@ -177,7 +183,9 @@ def chunk(i: int, text: str = "x") -> TokenChunk:
 async def test_publisher_queue_is_bounded_by_count_and_bytes():
     metrics = WorkerMetrics("m", "r")
     producer = MemoryProducer()
-    pub = Publisher(producer, "comp", "ans", max_events=3, max_bytes=10_000, metrics=metrics)  # type: ignore[arg-type]
+    pub = Publisher(
+        lambda: producer, "comp", "ans", max_events=3, max_bytes=10_000, metrics=metrics
+    )  # type: ignore[arg-type]
     await pub.start()
     outcomes: list = []
     try:

@@ -45,7 +45,7 @@ async def test_commit_loop_survives_commit_failures_and_commits_at_a_later_beat(
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
-        await w._producer.stop()
+        await w.publisher.stop()
 
 
 class SilentReader:
