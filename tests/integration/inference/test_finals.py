@@ -4,6 +4,7 @@ attempt ledger cannot be read (real Kafka, scripted engine)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -12,7 +13,7 @@ from schemas.events import CompletionFinished, CompletionStarted, TokenChunk
 from tests.integration.inference.conftest import produce, prompt, wait_assigned, worker
 
 
-async def read_all(settings, topic: str) -> list:
+async def read_all(settings, topic: str) -> list[tuple[bytes, Any]]:
     """Every record of `topic` up to its end offsets now, decoded, with its key."""
     consumer = AIOKafkaConsumer(
         topic,
@@ -48,7 +49,7 @@ async def test_the_final_on_chat_answers_carries_the_streamed_text(inference_set
         p = prompt("the answer outlives its chunks: ünïcode 🙂")
         await produce(inference_settings, p)
         await completions.wait_for(lambda: completions.finals(p.request_id))
-        answers: list = []
+        answers: list[tuple[bytes, Any]] = []
         async with asyncio.timeout(30):
             while not answers:
                 answers = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from inference.metrics import WorkerMetrics
 from inference.publisher import Publisher
@@ -29,9 +30,9 @@ class FlakySink:
 
     def __init__(self, refuse):
         self.refuse = refuse
-        self.events: list = []  # chat.completions
-        self.answers: list = []
-        self.refused: list = []
+        self.events: list[Any] = []  # chat.completions
+        self.answers: list[Any] = []
+        self.refused: list[Any] = []
         self.open = asyncio.Event()
         self.open.set()
 
@@ -154,7 +155,7 @@ class MemoryProducer:
     """The AIOKafkaProducer calls the publisher makes; each send's future is the test's."""
 
     def __init__(self):
-        self.sent: list[tuple[str, int, asyncio.Future]] = []
+        self.sent: list[tuple[str, int, asyncio.Future[None]]] = []
 
     async def start(self):
         pass
@@ -187,7 +188,7 @@ async def test_publisher_queue_is_bounded_by_count_and_bytes():
         lambda: producer, "comp", "ans", max_events=3, max_bytes=10_000, metrics=metrics
     )  # type: ignore[arg-type]
     await pub.start()
-    outcomes: list = []
+    outcomes: list[BaseException | None] = []
     try:
         for i in range(3):
             pub.emit(chunk(i), 4, outcomes.append)

@@ -20,7 +20,7 @@ class FailingCommits:
 
     def __init__(self, failures: list[Exception]):
         self.failures = failures
-        self.committed: list[dict] = []
+        self.committed: list[dict[int, int]] = []
 
     async def commit(self, offsets):
         if self.failures:
