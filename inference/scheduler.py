@@ -295,7 +295,7 @@ class Scheduler:
             self.by_request.pop(req.request_id)
             self._on_done(req)
             return
-        delay = min(30.0, self._retry_backoff_s * 2**req.delivery_failures)
+        delay = min(30.0, self._retry_backoff_s * 2 ** min(req.delivery_failures, 16))
         log.warning(
             "attempt %d of %s lost (%r): running attempt %d in %.1fs",
             req.attempt,
