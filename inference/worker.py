@@ -5,7 +5,11 @@ The consumer loop reads chat.conversations in the replica group: a PromptSubmitt
 looked up in the attempt ledger (skipped if final, else attempt = last + 1), prepared
 by the engine and queued; a CancelRequested cancels. When the queue is full, the
 consumer pauses its partitions (backpressure) and resumes once there is room. Offsets
-are committed periodically, never past an unfinished prompt (see `offsets.py`).
+are committed periodically, never past an unfinished prompt (see `offsets.py`); a prompt
+is finished once every event of its last attempt, and its final on chat.answers, is
+acknowledged. A failed commit is retried at the next beat. A ledger that cannot be read
+at an assignment stops the replica's intake (unhealthy) rather than regenerate prompts
+that may have finished.
 """
 
 from __future__ import annotations
