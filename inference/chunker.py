@@ -29,6 +29,10 @@ class Chunker:
         self._last_flush: float | None = None
         self._seq = 0
 
+    def fresh(self) -> Chunker:
+        """An empty chunker with the same limits (a new attempt counts from seq 0)."""
+        return Chunker(self._interval, self._max_tokens)
+
     @property
     def next_seq(self) -> int:
         return self._seq

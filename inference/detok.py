@@ -4,15 +4,26 @@ Byte-level BPE tokens can end inside a UTF-8 character, and some tokenizers deco
 token differently depending on its neighbours (leading-space markers). So a token's text
 is taken as the difference between decoding a short window with and without it
 (the approach vLLM uses), and held back while the window ends in U+FFFD (an incomplete
-character). Stop strings are matched over the text, across token and chunk boundaries;
+character). Text leaves it storable everywhere: Postgres text cannot hold U+0000, so a
+generated NUL becomes U+FFFD here, before chunking (the stream and the history then hold
+the same text), and a lone surrogate (which no UTF-8 decoder returns, but a decode
+function could) becomes U+FFFD too rather than failing the event's encoding later.
+Stop strings are matched over the text, across token and chunk boundaries;
 text that might be the start of a stop string is held until it is known not to be.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 REPLACEMENT = "\ufffd"
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` with U+0000 and lone surrogates replaced by U+FFFD (same length)."""
+    return _UNSTORABLE.sub(REPLACEMENT, text)
 
 
 class IncrementalDetokenizer:
@@ -24,13 +35,17 @@ class IncrementalDetokenizer:
         self._prefix = 0  # window start: tokens before it are emitted and context-free
         self._read = 0  # tokens before it are emitted
 
+    def fresh(self) -> IncrementalDetokenizer:
+        """A detokenizer with the same decode function and no tokens yet."""
+        return IncrementalDetokenizer(self._decode)
+
     def push(self, token_id: int) -> str:
         self._ids.append(token_id)
         emitted = self._decode(self._ids[self._prefix : self._read])
         text = self._decode(self._ids[self._prefix :])
         if len(text) > len(emitted) and not text.endswith(REPLACEMENT):
             self._prefix, self._read = self._read, len(self._ids)
-            return text[len(emitted) :]
+            return storable(text[len(emitted) :])
         return ""
 
     def flush(self) -> str:
@@ -38,7 +53,7 @@ class IncrementalDetokenizer:
         emitted = self._decode(self._ids[self._prefix : self._read])
         text = self._decode(self._ids[self._prefix :])
         self._prefix = self._read = len(self._ids)
-        return text[len(emitted) :].rstrip(REPLACEMENT)
+        return storable(text[len(emitted) :].rstrip(REPLACEMENT))
 
 
 class StopMatcher:

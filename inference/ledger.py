@@ -7,6 +7,11 @@ higher). Completion events are written to the same partition number as their pro
 (see `publisher.py`), so the answer for conversations partition p is in completions
 partition p, after the time the prompt at the committed offset was produced (less a
 clock-skew allowance). Nothing to redeliver, nothing to read.
+
+A scan that cannot finish (timeout, broker away) raises LedgerUnavailable: reading less
+than the whole range would make finished requests look unfinished and regenerate them as
+attempt + 1, which wins and rewrites a stored answer. The caller retries, then stops
+taking work; it never guesses.
 """
 
 from __future__ import annotations
@@ -25,13 +30,25 @@ from schemas.events import CompletionFailed, CompletionFinished, CompletionStart
 log = logging.getLogger(__name__)
 
 SCAN_TIMEOUT_S = 120.0  # a scan that cannot finish must not hang the rebalance forever
+
+
+class LedgerUnavailable(RuntimeError):
+    """The completions could not be read to the end: what is finished is unknown."""
+
+
 _INTERESTING = {b"CompletionStarted", b"CompletionFinished", b"CompletionFailed"}
 
 
 @dataclass
 class Attempts:
     last_attempt: int = 0
-    final: bool = False
+    final_attempt: int = 0  # the highest attempt with a final event (0: none)
+
+    @property
+    def final(self) -> bool:
+        """The newest attempt ended. An attempt started after a final one (the earlier
+        one's events were not all delivered) is still to be finished."""
+        return self.final_attempt > 0 and self.final_attempt >= self.last_attempt
 
 
 class AttemptLedger:
@@ -47,7 +64,8 @@ class AttemptLedger:
     def note(self, request_id: str, attempt: int, *, final: bool) -> None:
         entry = self._entries.setdefault(request_id, Attempts())
         entry.last_attempt = max(entry.last_attempt, attempt)
-        entry.final = entry.final or final
+        if final:
+            entry.final_attempt = max(entry.final_attempt, attempt)
         self._entries.move_to_end(request_id)
         while len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
@@ -64,8 +82,11 @@ async def scan_partitions(
     completions: str,
     committed: dict[int, int | None],
     lookback_ms: int,
+    timeout_s: float = SCAN_TIMEOUT_S,
 ) -> int:
-    """Fill `ledger` for the given conversations partitions; returns records read."""
+    """Fill `ledger` for the given conversations partitions; returns records read.
+
+    Raises LedgerUnavailable when it could not read everything within `timeout_s`."""
     starts: dict[TopicPartition, int] = {}
     conv = [TopicPartition(conversations, p) for p in committed]
     ends = await reader.end_offsets(conv)
@@ -78,24 +99,24 @@ async def scan_partitions(
     if not starts:
         return 0
     # the produce time of the oldest prompt that will be redelivered, per partition
-    stamps = await _timestamps_at(reader, starts)
+    deadline = time.monotonic() + timeout_s
+    stamps = await _timestamps_at(reader, starts, deadline)
     comp = {
         TopicPartition(completions, tp.partition): ts - lookback_ms for tp, ts in stamps.items()
     }
     found = await reader.offsets_for_times(comp)
     comp_ends = await reader.end_offsets(list(comp))
     todo = {tp: (o.offset, comp_ends[tp]) for tp, o in found.items() if o is not None}
-    return await _read_ranges(reader, ledger, todo)
+    return await _read_ranges(reader, ledger, todo, deadline)
 
 
 async def _timestamps_at(
-    reader: AIOKafkaConsumer, starts: dict[TopicPartition, int]
+    reader: AIOKafkaConsumer, starts: dict[TopicPartition, int], deadline: float
 ) -> dict[TopicPartition, int]:
     reader.assign(list(starts))
     for tp, off in starts.items():
         reader.seek(tp, off)
     stamps: dict[TopicPartition, int] = {}
-    deadline = time.monotonic() + SCAN_TIMEOUT_S
     while len(stamps) < len(starts) and time.monotonic() < deadline:
         batch = await reader.getmany(
             *[tp for tp in starts if tp not in stamps], timeout_ms=1000, max_records=1
@@ -103,11 +124,18 @@ async def _timestamps_at(
         for tp, records in batch.items():
             if records and tp not in stamps:
                 stamps[tp] = records[0].timestamp
+    reader.unsubscribe()
+    if len(stamps) < len(starts):
+        missing = sorted(tp.partition for tp in starts if tp not in stamps)
+        raise LedgerUnavailable(f"no prompt timestamp for partitions {missing} in time")
     return stamps
 
 
 async def _read_ranges(
-    reader: AIOKafkaConsumer, ledger: AttemptLedger, ranges: dict[TopicPartition, tuple[int, int]]
+    reader: AIOKafkaConsumer,
+    ledger: AttemptLedger,
+    ranges: dict[TopicPartition, tuple[int, int]],
+    deadline: float,
 ) -> int:
     todo = {tp: r for tp, r in ranges.items() if r[0] < r[1]}
     if not todo:
@@ -116,7 +144,6 @@ async def _read_ranges(
     for tp, (start, _) in todo.items():
         reader.seek(tp, start)
     read = 0
-    deadline = time.monotonic() + SCAN_TIMEOUT_S
     while todo and time.monotonic() < deadline:
         batch = await reader.getmany(*todo, timeout_ms=1000, max_records=5000)
         for tp, records in batch.items():
@@ -127,6 +154,9 @@ async def _read_ranges(
                     todo.pop(tp, None)
                     break
     reader.unsubscribe()
+    if todo:
+        left = sorted(tp.partition for tp in todo)
+        raise LedgerUnavailable(f"completions partitions {left} not read to the end in time")
     return read
 
 

@@ -70,6 +70,30 @@ class WorkerMetrics:
         self.prompt_tokens = Counter(
             PREFIX + "prompt_tokens", "Prompt tokens prefilled.", names, registry=self.registry
         ).labels(**labels)
+        self.publisher_events = Gauge(
+            PREFIX + "publisher_queue_events",
+            "Events emitted, not yet acknowledged by Kafka (bounded: publisher_max_events).",
+            names,
+            registry=self.registry,
+        ).labels(**labels)
+        self.publisher_bytes = Gauge(
+            PREFIX + "publisher_queue_bytes",
+            "Encoded bytes emitted, not yet acknowledged (bounded: publisher_max_bytes).",
+            names,
+            registry=self.registry,
+        ).labels(**labels)
+        self.publisher_waits = Counter(
+            PREFIX + "publisher_backpressure_waits",
+            "Decode steps that waited for room in the publisher's queue.",
+            names,
+            registry=self.registry,
+        ).labels(**labels)
+        self.undelivered = Counter(
+            PREFIX + "undelivered_events",
+            "Events Kafka did not acknowledge (their attempt is run again).",
+            names,
+            registry=self.registry,
+        ).labels(**labels)
         self._success = Counter(
             PREFIX + "request_success",
             "Finished requests.",

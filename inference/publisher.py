@@ -1,21 +1,38 @@
-"""Sends completion events to chat.completions in the order they were emitted.
+"""Sends completion events to chat.completions (finals to chat.answers too), in emit order.
 
 One sender task drains one queue, so a request's chunks and its final event can never
 overtake each other, whichever coroutine emitted them. Events go to the partition number
 their prompt came from: the attempt ledger of a replica reads exactly the completions
 partitions matching its assigned conversations partitions, whatever partitioner the
-producer of the prompts used.
+producer of the prompts used. The scheduler also emits each final event a second time
+with `answers=True`: the same record goes to chat.answers, the durable answer, which
+outlives the chunks of chat.completions.
+
+Every event's delivery is checked: `on_delivered` runs exactly once per emit, with None
+once Kafka acknowledged it, or with the error. What is
+emitted and not yet acknowledged is bounded (count and bytes): `room()` waits until it
+is under the bound, and the scheduler awaits it before each decode step, so a slow or
+unreachable Kafka slows generation down instead of growing memory.
+
+After a send fails, the producer is replaced (once what it has in flight resolved): an
+idempotent aiokafka producer that lost a batch answers OutOfOrderSequenceNumber to every
+later batch of that partition, so without a fresh producer id one refused record would
+make that partition undeliverable for the life of the replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 
+from inference.metrics import WorkerMetrics
 from schemas.codec import encode
 from schemas.events import Event
 
@@ -27,28 +44,82 @@ OnDelivered = Callable[[BaseException | None], None]
 class EventSink(Protocol):
     """Where the scheduler's events go: Kafka in production, a list in unit tests."""
 
-    def emit(self, event: Event, partition: int, on_delivered: OnDelivered | None = None) -> None:
-        """Queue `event` for `partition`; call `on_delivered` once it is durable."""
+    def emit(
+        self, event: Event, partition: int, on_delivered: OnDelivered, *, answers: bool = False
+    ) -> None:
+        """Queue `event` for `partition` of chat.completions (of chat.answers if `answers`);
+        `on_delivered` once it is durable or has failed."""
+        ...
+
+    async def room(self) -> None:
+        """Return once there is room for more events (backpressure on generation)."""
         ...
 
 
-class Publisher:
-    """`emit()` never blocks; `on_delivered` runs once Kafka acknowledged the event."""
+@dataclass
+class _Item:
+    event: Event
+    partition: int
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    size: int
+    on_delivered: OnDelivered
+    answers: bool
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
-        self._producer = producer
+
+class Publisher:
+    """`emit()` never blocks; `room()` is where producers of events wait. See the module."""
+
+    def __init__(
+        self,
+        new_producer: Callable[[], AIOKafkaProducer],
+        topic: str,
+        answers: str,
+        *,
+        max_events: int = 10_000,
+        max_bytes: int = 32 * 1024 * 1024,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self._new_producer = new_producer
+        self._producer = new_producer()
+        self._poisoned = False  # a send failed: replace the producer before the next one
         self._topic = topic
-        self._queue: asyncio.Queue[tuple[Event, int, OnDelivered | None]] = asyncio.Queue()
+        self._answers = answers
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._metrics = metrics
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._partitions: int | None = None
+        self._partitions: dict[str, int] = {}
+        self.events = 0  # emitted, not yet acknowledged or failed
+        self.bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
 
     async def start(self) -> None:
-        parts = await self._producer.partitions_for(self._topic)
-        self._partitions = len(parts)
+        await self._producer.start()
+        for topic in (self._topic, self._answers):
+            self._partitions[topic] = len(await self._producer.partitions_for(topic))
         self._task = asyncio.create_task(self._run(), name="publisher")
 
-    def emit(self, event: Event, partition: int, on_delivered: OnDelivered | None = None) -> None:
-        self._queue.put_nowait((event, partition, on_delivered))
+    def emit(
+        self, event: Event, partition: int, on_delivered: OnDelivered, *, answers: bool = False
+    ) -> None:
+        try:
+            value, raw_headers = encode(event)
+        except Exception as exc:  # not encodable: fails like an undelivered event, later
+            log.exception("could not encode %s", event.event_type)
+            asyncio.get_running_loop().call_soon(on_delivered, exc)
+            return
+        headers = [(k, v if isinstance(v, bytes) else str(v).encode()) for k, v in raw_headers]
+        size = len(value) + len(event.key) + sum(len(k) + len(v) for k, v in headers)
+        self._account(1, size)
+        self._queue.put_nowait(_Item(event, partition, value, headers, size, on_delivered, answers))
+
+    async def room(self) -> None:
+        if not self._room.is_set() and self._metrics is not None:
+            self._metrics.publisher_waits.inc()
+        await self._room.wait()
 
     @property
     def alive(self) -> bool:
@@ -63,30 +134,65 @@ class Publisher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        while not self._queue.empty():  # never sent: their requests are not done
+            item = self._queue.get_nowait()
+            self._settle(item, asyncio.CancelledError("publisher stopped"))
+        with contextlib.suppress(Exception):
+            await self._producer.stop()
+
+    def _account(self, events: int, size: int) -> None:
+        self.events += events
+        self.bytes += size
+        if self.events < self._max_events and self.bytes < self._max_bytes:
+            self._room.set()
+        else:
+            self._room.clear()
+        if self._metrics is not None:
+            self._metrics.publisher_events.set(self.events)
+            self._metrics.publisher_bytes.set(self.bytes)
+
+    def _settle(self, item: _Item, exc: BaseException | None) -> None:
+        self._account(-1, -item.size)
+        if exc is not None:
+            log.error("%s of %s not delivered: %r", item.event.event_type, item.event.key, exc)
+            if self._metrics is not None:
+                self._metrics.undelivered.inc()
+        item.on_delivered(exc)
 
     async def _run(self) -> None:
         while True:
-            event, partition, on_delivered = await self._queue.get()
+            item = await self._queue.get()
             try:
-                value, headers = encode(event)
+                if self._poisoned:
+                    await self._replace_producer()
+                topic = self._answers if item.answers else self._topic
                 fut = await self._producer.send(
-                    self._topic,
-                    value=value,
-                    key=event.key.encode(),
-                    headers=[
-                        (k, v if isinstance(v, bytes) else str(v).encode()) for k, v in headers
-                    ],
-                    partition=partition % (self._partitions or partition + 1),
+                    topic,
+                    value=item.value,
+                    key=item.event.key.encode(),
+                    headers=item.headers,
+                    partition=item.partition % (self._partitions.get(topic) or item.partition + 1),
                 )
-                if on_delivered is not None:
-                    fut.add_done_callback(lambda f, cb=on_delivered: cb(_outcome(f)))
+                fut.add_done_callback(functools.partial(self._delivered, item))
             except Exception as exc:  # e.g. a record too large: report, keep sending others
-                log.exception("could not send %s", event.event_type)
-                if on_delivered is not None:
-                    on_delivered(exc)
+                self._settle(item, exc)
             finally:
                 self._queue.task_done()
 
+    def _delivered(self, item: _Item, fut: asyncio.Future[object]) -> None:
+        # the outcome is always retrieved: no "exception was never retrieved"
+        exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
+        if exc is not None:
+            self._poisoned = True
+        self._settle(item, exc)
 
-def _outcome(fut: asyncio.Future[object]) -> BaseException | None:
-    return asyncio.CancelledError() if fut.cancelled() else fut.exception()
+    async def _replace_producer(self) -> None:
+        """Let the old producer's batches resolve (order is kept), then a fresh one."""
+        old, self._poisoned = self._producer, False
+        with contextlib.suppress(Exception):
+            await old.flush()
+        with contextlib.suppress(Exception):
+            await old.stop()
+        self._producer = self._new_producer()
+        await self._producer.start()
+        log.warning("publisher: producer replaced after an undelivered event")

@@ -5,6 +5,17 @@ cancelled requests leave and waiting ones join, up to `max_batch`.
 All state lives on the event loop; only `engine.step()` runs in a thread, so cancels and
 new prompts are taken while the model computes, and a cancel takes effect when the
 current step returns (within one decode step).
+
+Every event of an attempt must be acknowledged by Kafka before the request counts as
+done (`on_done`: the ledger marks it final and its offset may be committed). If one is
+not (a chunk, CompletionStarted, or the final on either topic), the attempt is lost: it
+stops generating and the prompt runs again as attempt + 1 after a backoff, from seq 0,
+so no client and no projection is left with a truncated answer that claims to be
+finished. Once every event of an attempt is on chat.completions, its final event goes to
+chat.answers too (so that topic holds only whole attempts), and its acknowledgement
+there is what makes the request done. After `delivery_retries` lost attempts the next one does not generate: it ends
+at once with a retryable CompletionFailed (`delivery_failed`), retried the same way
+until Kafka takes it.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from schemas.events import (
     CompletionFailed,
     CompletionFinished,
     CompletionStarted,
+    Event,
     FinishReason,
     TokenChunk,
     Usage,
@@ -32,6 +44,13 @@ from schemas.events import (
 log = logging.getLogger(__name__)
 
 Done = Callable[[Request], None]
+
+
+class DeliveryFailed(EngineError):
+    """Kafka did not acknowledge the events of several attempts in a row."""
+
+    code = "delivery_failed"
+    retryable = True
 
 
 class Scheduler:
@@ -47,14 +66,19 @@ class Scheduler:
         max_batch: int,
         on_done: Done,
         observer: Done | None = None,
+        delivery_retries: int = 3,
+        retry_backoff_s: float = 0.5,
     ) -> None:
         self.engine = engine
         self._pub = publisher
         self._metrics = metrics
         self._replica_id = replica_id
         self._max_batch = max_batch
-        self._on_done = on_done  # called once the final event is acknowledged
+        self._on_done = on_done  # called once every event of the attempt is acknowledged
         self._observer = observer
+        self._delivery_retries = delivery_retries
+        self._retry_backoff_s = retry_backoff_s
+        self._reruns: set[asyncio.TimerHandle] = set()
         self.waiting: deque[Request] = deque()
         self.running: dict[str, Request] = {}
         self.by_request: dict[str, Request] = {}
@@ -73,7 +97,10 @@ class Scheduler:
     def cancel(self, request_id: str) -> bool:
         """Cancel a waiting request now, a running one after the current step."""
         req = self.by_request.get(request_id)
-        if req is None or req.done:
+        if req is None:
+            return False
+        if req.done:
+            req.cancelled = True  # an attempt lost to delivery runs again: cancelled
             return False
         req.cancelled = True
         if req in self.waiting:
@@ -86,7 +113,7 @@ class Scheduler:
     def abandon(self, partitions: set[int]) -> None:
         """Partitions were revoked: drop their requests silently; the new owner retries."""
         for req in [r for r in self.by_request.values() if r.partition in partitions]:
-            req.done = True
+            req.done = req.abandoned = True
             if req in self.waiting:
                 self.waiting.remove(req)
             if self.running.pop(req.seq_id, None) is not None:
@@ -112,6 +139,12 @@ class Scheduler:
         )
         self._metrics.failure(error.code)
 
+    def close(self) -> None:
+        """Forget the attempts waiting for their backoff (the worker stops)."""
+        for handle in self._reruns:
+            handle.cancel()
+        self._reruns.clear()
+
     @property
     def load(self) -> int:
         return len(self.waiting) + len(self.running)
@@ -124,6 +157,9 @@ class Scheduler:
             if not self.running:
                 self._wake.clear()
                 await self._wake.wait()
+                continue
+            await self._pub.room()  # backpressure: Kafka is behind, do not outrun it
+            if not self.running:
                 continue
             started = time.monotonic()
             for req in self.running.values():
@@ -214,31 +250,85 @@ class Scheduler:
                 finish_reason=reason,
                 usage=Usage(req.prompt_tokens, req.completion_tokens),
                 ttft_ms=ttft,
+                text="".join(req.streamed),
             ),
         )
         self._metrics.success(reason)
 
     def _final(self, req: Request, event: CompletionFinished | CompletionFailed) -> None:
-        req.done = True
+        req.done = req.final_emitted = True
+        req.final = event
         if self.running.pop(req.seq_id, None) is not None:
             self.engine.release(req.seq_id)
         self._metrics.e2e.observe(time.monotonic() - req.consumed_at)
-
-        def delivered(exc: BaseException | None) -> None:
-            if exc is not None:  # not acknowledged: leave the offset uncommitted (redelivery)
-                log.error("final event of %s not delivered: %r", req.request_id, exc)
-                return
-            self.by_request.pop(req.request_id, None)
-            self._on_done(req)
-
-        self._pub.emit(event, req.partition, delivered)
+        self._emit(req, event)
         if self._observer is not None:
             self._observer(req)
         self._gauges()
         self._wake.set()
 
+    def _emit(self, req: Request, event: Event, *, answers: bool = False) -> None:
+        req.unacked += 1
+        self._pub.emit(event, req.partition, lambda exc: self._delivered(req, exc), answers=answers)
+
+    def _delivered(self, req: Request, exc: BaseException | None) -> None:
+        req.unacked -= 1
+        if exc is not None and req.undelivered is None:
+            req.undelivered = exc
+            if not req.done:  # still generating: stop, its text can no longer be whole
+                req.done = True
+                if req in self.waiting:
+                    self.waiting.remove(req)
+                if self.running.pop(req.seq_id, None) is not None:
+                    self.engine.release(req.seq_id)
+                self._gauges()
+        if req.unacked or req.abandoned or not (req.final_emitted or req.undelivered):
+            return
+        if self.by_request.get(req.request_id) is not req:
+            return  # superseded (revoked, then assigned again): not ours to settle
+        if req.undelivered is None:
+            if not req.answered:  # the whole attempt is on chat.completions: now the answer
+                req.answered = True
+                assert req.final is not None
+                self._emit(req, req.final, answers=True)
+                return
+            self.by_request.pop(req.request_id)
+            self._on_done(req)
+            return
+        delay = min(30.0, self._retry_backoff_s * 2 ** min(req.delivery_failures, 16))
+        log.warning(
+            "attempt %d of %s lost (%r): running attempt %d in %.1fs",
+            req.attempt,
+            req.request_id,
+            req.undelivered,
+            req.attempt + 1,
+            delay,
+        )
+        handle: asyncio.TimerHandle | None = None
+
+        def rerun() -> None:
+            assert handle is not None
+            self._reruns.discard(handle)
+            self._rerun(req)
+
+        handle = asyncio.get_running_loop().call_later(delay, rerun)
+        self._reruns.add(handle)
+
+    def _rerun(self, lost: Request) -> None:
+        if lost.abandoned or self.by_request.get(lost.request_id) is not lost:
+            return
+        req = lost.next_attempt()
+        self.submit(req)
+        if req.delivery_failures > self._delivery_retries:
+            if req in self.waiting:
+                self.waiting.remove(req)
+            self.fail(req, DeliveryFailed(f"events of {req.delivery_failures} attempts lost"))
+        elif req.cancelled:
+            self.cancel(req.request_id)
+
     def _started(self, req: Request) -> None:
-        self._pub.emit(
+        self._emit(
+            req,
             CompletionStarted(
                 request_id=req.request_id,
                 conversation_id=req.prompt.conversation_id,
@@ -246,7 +336,6 @@ class Scheduler:
                 replica_id=self._replica_id,
                 model=self.engine.model_id,  # what actually runs, not what was asked
             ),
-            req.partition,
         )
 
     def _flush_due(self, req: Request, now: float) -> None:
@@ -260,7 +349,9 @@ class Scheduler:
             self._send_chunk(req, chunk.seq, chunk.text, chunk.token_count)
 
     def _send_chunk(self, req: Request, seq: int, text: str, count: int) -> None:
-        self._pub.emit(
+        req.streamed.append(text)
+        self._emit(
+            req,
             TokenChunk(
                 request_id=req.request_id,
                 conversation_id=req.prompt.conversation_id,
@@ -269,7 +360,6 @@ class Scheduler:
                 text=text,
                 token_count=count,
             ),
-            req.partition,
         )
 
     def _gauges(self) -> None:

@@ -36,6 +36,17 @@ class InferenceSettings(InfraSettings):
     session_timeout_ms: int = 10_000
     commit_interval_ms: int = 200
     ledger_lookback_s: float = 300.0  # clock skew allowance when scanning chat.completions
+    # reading the ledger at an assignment: each try may take this long; after the last
+    # failed try the replica takes no more work (unhealthy) rather than guess
+    ledger_scan_timeout_s: float = 120.0
+    ledger_scan_tries: int = 3
+    # events emitted and not yet acknowledged by Kafka, at most (then generation waits)
+    publisher_max_events: int = 10_000
+    publisher_max_bytes: int = 32 * 1024 * 1024
+    # attempts lost to undelivered events that are generated again (backoff doubling from
+    # delivery_backoff_s, capped at 30 s); the next one ends with a retryable failure
+    delivery_retries: int = 3
+    delivery_backoff_s: float = 0.5
     metrics_port: int | None = None  # `python -m inference` only; Serve replicas answer /metrics
     serve_route: str = "/inference"
     serve_http_port: int = 8010  # `python -m inference`: Serve's HTTP proxy (metrics, status)

@@ -5,7 +5,11 @@ The consumer loop reads chat.conversations in the replica group: a PromptSubmitt
 looked up in the attempt ledger (skipped if final, else attempt = last + 1), prepared
 by the engine and queued; a CancelRequested cancels. When the queue is full, the
 consumer pauses its partitions (backpressure) and resumes once there is room. Offsets
-are committed periodically, never past an unfinished prompt (see `offsets.py`).
+are committed periodically, never past an unfinished prompt (see `offsets.py`); a prompt
+is finished once every event of its last attempt, and its final on chat.answers, is
+acknowledged. A failed commit is retried at the next beat. A ledger that cannot be read
+at an assignment stops the replica's intake (unhealthy) rather than regenerate prompts
+that may have finished.
 """
 
 from __future__ import annotations
@@ -19,13 +23,13 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from inference.chunker import Chunker
 from inference.detok import IncrementalDetokenizer, StopMatcher
 from inference.engine import Engine, EngineError
-from inference.ledger import AttemptLedger, scan_partitions
+from inference.ledger import AttemptLedger, LedgerUnavailable, scan_partitions
 from inference.metrics import WorkerMetrics
 from inference.offsets import OffsetTracker
 from inference.publisher import Publisher
@@ -58,10 +62,16 @@ class ReplicaWorker:
         self.ledger = AttemptLedger()
         self.offsets = OffsetTracker()
         self._topics = settings.topics
-        self._producer = aio_producer(settings)
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: AIOKafkaConsumer | None = None
-        self.publisher = Publisher(self._producer, self._topics.completions)
+        self.publisher = Publisher(
+            lambda: aio_producer(settings),
+            self._topics.completions,
+            self._topics.answers,
+            max_events=settings.publisher_max_events,
+            max_bytes=settings.publisher_max_bytes,
+            metrics=self.metrics,
+        )
         self.scheduler = Scheduler(
             engine,
             self.publisher,
@@ -70,6 +80,8 @@ class ReplicaWorker:
             max_batch=settings.max_batch,
             on_done=self._request_done,
             observer=observer,
+            delivery_retries=settings.delivery_retries,
+            retry_backoff_s=settings.delivery_backoff_s,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.assigned: set[int] = set()  # assigned AND scanned by the ledger: safe to process
@@ -77,12 +89,12 @@ class ReplicaWorker:
         self._peeker: AIOKafkaConsumer | None = None
         self._full = asyncio.Event()  # set while partitions are paused for backpressure
         self._early_cancels: OrderedDict[str, None] = OrderedDict()
+        self.intake_error: str | None = None  # the ledger could not be read: stop taking work
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
         await asyncio.to_thread(ensure_topics, s)  # idempotent; a lone worker needs them too
-        await self._producer.start()
         await self.publisher.start()
         common: dict[str, Any] = {"bootstrap_servers": s.kafka_bootstrap}
         self._reader = AIOKafkaConsumer(**common, enable_auto_commit=False)
@@ -113,6 +125,8 @@ class ReplicaWorker:
 
     def healthy(self) -> tuple[bool, str]:
         """False, with the reason, when a loop has died (Serve's check_health uses this)."""
+        if self.intake_error is not None:
+            return False, self.intake_error
         for task in self._tasks:
             if task.done():
                 exc = None if task.cancelled() else task.exception()
@@ -135,6 +149,7 @@ class ReplicaWorker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self.scheduler.close()
         with contextlib.suppress(Exception):
             await self.publisher.drain()
         with contextlib.suppress(Exception):
@@ -144,8 +159,6 @@ class ReplicaWorker:
                 with contextlib.suppress(Exception):
                     await client.stop()
         await self.publisher.stop()
-        with contextlib.suppress(Exception):
-            await self._producer.stop()
         self.engine.reset()
 
     # -- consuming ----------------------------------------------------------------------
@@ -153,6 +166,8 @@ class ReplicaWorker:
         assert self._consumer is not None
         room_limit = self.settings.max_batch + self.settings.max_waiting
         while True:
+            if self.intake_error is not None:
+                raise LedgerUnavailable(self.intake_error)
             self._backpressure(room_limit)
             room = max(1, room_limit - self.scheduler.load)
             batch = await self._consumer.getmany(timeout_ms=100, max_records=room)
@@ -274,9 +289,16 @@ class ReplicaWorker:
 
     # -- offsets and rebalancing --------------------------------------------------------
     async def _commit_loop(self) -> None:
+        """Commits every beat. A failed commit (CommitFailedError in a rebalance, a broker
+        away) is logged and tried again at the next beat: what was not committed stays
+        pending, and a dead loop would make the replica unhealthy, restart it and
+        rebalance again, restarting every generation in flight."""
         while True:
             await asyncio.sleep(self.settings.commit_interval_ms / 1000)
-            await self._commit()
+            try:
+                await self._commit()
+            except Exception as exc:
+                log.warning("%s: offset commit failed, retrying: %r", self.replica_id, exc)
 
     async def _commit(self) -> None:
         assert self._consumer is not None
@@ -302,17 +324,13 @@ class ReplicaWorker:
         assert self._consumer is not None and self._reader is not None
         topic = self._topics.conversations
         self._consumer.pause(*[TopicPartition(topic, p) for p in partitions])
-        committed = {
-            p: await self._consumer.committed(TopicPartition(topic, p)) for p in partitions
-        }
-        read = await scan_partitions(
-            self._reader,
-            self.ledger,
-            conversations=topic,
-            completions=self._topics.completions,
-            committed=committed,
-            lookback_ms=int(self.settings.ledger_lookback_s * 1000),
-        )
+        try:
+            read = await self._scan(partitions)
+        except LedgerUnavailable as exc:
+            # guessing "not finished" would regenerate answers already given: take no work
+            self.intake_error = f"ledger of partitions {sorted(partitions)} unreadable: {exc}"
+            log.error("%s: %s", self.replica_id, self.intake_error)
+            return
         for p in partitions:
             if (offset := self._rewind.pop(p, None)) is not None:
                 self._consumer.seek(TopicPartition(topic, p), offset)
@@ -321,6 +339,33 @@ class ReplicaWorker:
         log.info(
             "%s assigned %s (ledger read %d records)", self.replica_id, sorted(partitions), read
         )
+
+    async def _scan(self, partitions: set[int]) -> int:
+        """`scan_partitions` from the committed offsets, tried `ledger_scan_tries` times
+        (a timeout or a Kafka error each) before giving up."""
+        assert self._consumer is not None and self._reader is not None
+        s = self.settings
+        topic = self._topics.conversations
+        for attempt in range(1, s.ledger_scan_tries + 1):
+            try:
+                committed = {
+                    p: await self._consumer.committed(TopicPartition(topic, p)) for p in partitions
+                }
+                return await scan_partitions(
+                    self._reader,
+                    self.ledger,
+                    conversations=self._topics.conversations,
+                    completions=self._topics.completions,
+                    committed=committed,
+                    lookback_ms=int(s.ledger_lookback_s * 1000),
+                    timeout_s=s.ledger_scan_timeout_s,
+                )
+            except (LedgerUnavailable, KafkaError) as exc:
+                if attempt == s.ledger_scan_tries:
+                    raise LedgerUnavailable(repr(exc)) from exc
+                log.warning("%s: ledger scan %d failed, again: %s", self.replica_id, attempt, exc)
+                await asyncio.sleep(min(5.0, 0.5 * attempt))
+        raise LedgerUnavailable("no scan tried")
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from inference.chunker import Chunker
 from inference.detok import IncrementalDetokenizer, StopMatcher
 from inference.scripted import EOS, ScriptedEngine
@@ -91,3 +93,30 @@ def test_scripted_engine_is_deterministic_and_ends_with_eos():
             break
         ids.append(tok.token_id)
     assert engine.decode(ids) == "Echo: hï"
+
+
+def test_generated_nul_becomes_the_replacement_character_before_chunking():
+    detok = IncrementalDetokenizer(_byte_decode)
+    out = "".join(detok.push(b) for b in b"a\x00b\x00") + detok.flush()
+    assert out == "a\ufffdb\ufffd"  # Postgres text cannot hold U+0000: stream = history
+
+
+def test_detokenizer_output_holds_no_nul_and_no_lone_surrogate():
+    # a decode function that returns what no UTF-8 decoder does: cleaned all the same
+    def odd_decode(ids):
+        return "".join("\ud800" if i == 1 else "\udfff" if i == 2 else chr(i) for i in ids)
+
+    detok = IncrementalDetokenizer(odd_decode)
+    out = "".join(detok.push(i) for i in (65, 1, 0, 2, 66)) + detok.flush()
+    assert out == "A\ufffd\ufffd\ufffdB"
+    out.encode("utf-8")  # encodable, so the event can be written
+    # and with byte tokens (how byte-level BPE splits text), for any byte stream
+    rng = random.Random(12)
+    for _ in range(300):
+        stream = bytes(
+            rng.choice((0, 0x41, 0xC3, 0xA9, 0xF0, 0x9F, 0x99, 0x82, 0xED, 0xA0)) for _ in range(40)
+        )
+        detok = IncrementalDetokenizer(_byte_decode)
+        text = "".join(detok.push(b) for b in stream) + detok.flush()
+        assert not any(c == "\x00" or 0xD800 <= ord(c) <= 0xDFFF for c in text)
+        text.encode("utf-8")
