@@ -48,7 +48,11 @@ def _run_serve(settings: InferenceSettings, port: int) -> None:
 
     from inference.deployment import build_app
 
-    ray.init(include_dashboard=False, log_to_driver=True)
+    ray.init(
+        include_dashboard=False,
+        log_to_driver=True,
+        object_store_memory=settings.ray_object_store_bytes,  # README's memory budget
+    )
     # ray.init installed a SIGTERM handler that raises SystemExit; SIGINT raises
     # KeyboardInterrupt: whenever either comes, the app is shut down, then Ray.
     try:
