@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from query_api.hub_fold import Fold, status_of
-from schemas.events import CompletionFailed, CompletionFinished, CompletionStarted, Usage
+from schemas.events import (
+    CompletionFailed,
+    CompletionFinished,
+    CompletionStarted,
+    FinishReason,
+    Usage,
+)
 
 
 def chunk(fold: Fold, rid: str, attempt: int, seq: int, now: float = 0.0, text: str = "x") -> bool:
     return fold.chunk(rid, attempt, seq, text, 1, 0.0, 0, seq, now, encode=False) is not None
 
 
-def finished(rid: str, attempt: int, reason: str = "stop") -> CompletionFinished:
+def finished(rid: str, attempt: int, reason: FinishReason = "stop") -> CompletionFinished:
     return CompletionFinished(
         request_id=rid,
         conversation_id="c",
