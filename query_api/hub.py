@@ -25,6 +25,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
+from query_api.backfill import BackfillLimiter
 from query_api.frame_writer import FrameWriter
 from query_api.hub_fanout import FanOut, Subscriber
 from query_api.hub_fetch import LiveReader
@@ -66,6 +67,8 @@ class Hub:
             settings, (settings.topics.completions, settings.topics.conversations)
         )
         self._task: asyncio.Task[None] | None = None
+        # the process's Kafka backfills (durable.DurableSource), one bound for every stream
+        self.backfills = BackfillLimiter(settings.backfill_concurrency)
         self.started_at = 0.0  # epoch seconds: where the hub joined the log
         self.decode_errors = 0
 

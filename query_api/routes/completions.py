@@ -11,6 +11,7 @@ from infra.http import BadRequest, NotFound
 from query_api import views
 from query_api.deps import AppState, CurrentUser, State
 from query_api.events import Position
+from query_api.hub_fold import status_of
 from query_api.sse_response import SseResponse
 from query_api.stream import StreamSession
 
@@ -32,7 +33,12 @@ async def require_owner(state: AppState, user: str, request_id: str) -> None:
         owner_id = owner.user_id if owner else None
         if owner_id is None:
             async with state.pool.connection() as conn:
-                owner_id = await views.owner_of(conn, request_id)
+                row = await views.completion(conn, request_id)
+            # the hub forgets a deleted conversation's requests at once; Postgres may lag
+            if row is not None and not state.hub.conversation_deleted(row["conversation_id"]):
+                owner_id = row["user_id"]
+            elif row is not None:
+                owner_id = ""  # deleted: nobody's
         if owner_id == user:
             return
         remaining = deadline - time.monotonic()
@@ -48,6 +54,8 @@ async def get_completion(state: State, user: CurrentUser, request_id: str) -> di
     """Status, text so far, usage and timings of one of the caller's completions."""
     async with state.pool.connection() as conn:
         row = await views.completion(conn, request_id)
+    if row is not None and state.hub.conversation_deleted(row["conversation_id"]):
+        row = {"user_id": None}  # the hub read its ConversationDeleted: gone, whoever asks
     if row is None or row["user_id"] != user:
         owner = state.hub.owner(request_id)
         if row is not None or owner is None or owner.user_id != user:
@@ -60,6 +68,7 @@ async def get_completion(state: State, user: CurrentUser, request_id: str) -> di
             "model": owner.model,
             "attempt": 0,
         }
+    row = {**row, **await _live(state, request_id, row)}
     return {
         "id": request_id,
         "object": "chat.completion.status",
@@ -79,6 +88,37 @@ async def get_completion(state: State, user: CurrentUser, request_id: str) -> di
         },
         "stream_url": f"/v1/chat/completions/{request_id}/stream",
     }
+
+
+async def _live(state: AppState, request_id: str, row: dict[str, Any]) -> dict[str, Any]:
+    """What the hub knows beyond the projection (nothing: {}).
+
+    The hub's fold is newer than Postgres while the projection lags: a client whose stream
+    just said `done` must not read `streaming` here with the last chunk missing. The hub
+    holds the highest attempt from where it joined; when it did not see the attempt
+    begin, Postgres' chunks of it come first (as they do in a stream's catch-up).
+    """
+    snap = state.hub.snapshot(request_id)
+    if snap is None or not snap.events or snap.events[0].attempt < row["attempt"]:
+        return {}
+    attempt = snap.events[0].attempt
+    hub_chunks = [e for e in snap.events if e.kind == "chunk"]
+    chunks = hub_chunks
+    if not snap.anchored:
+        _, pg_events = await state.durable.state(request_id)
+        pg_chunks = [e for e in pg_events if e.kind == "chunk" and e.attempt == attempt]
+        first = hub_chunks[0].seq if hub_chunks else None
+        if first is not None and len(pg_chunks) < first:
+            return {}  # neither source has the whole text yet: the projection's view stands
+        chunks = pg_chunks[:first] + hub_chunks if first is not None else pg_chunks
+    view = status_of(snap)
+    if view["status"] == "streaming" and row["status"] in views.TERMINAL:
+        return {}  # only the hub's buffer is not at the end yet
+    view["content"] = "".join(c.text for c in chunks)
+    model = state.hub.model_of(request_id)
+    if model:
+        view["model"] = model
+    return view
 
 
 def _iso(value: Any) -> str | None:
