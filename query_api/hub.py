@@ -62,6 +62,10 @@ class Hub:
         self._settings = settings
         self.fold = Fold(settings.hub_max_requests, settings.hub_max_bytes)
         self.owners = Owners(settings.owners_max)
+        self._deleted = self.owners.deleted_conversations  # read per chunk: no method call
+        # monotonic time of the batch being handled (one clock read per batch, not per
+        # record): what the fold's TTLs and recency order go by
+        self._now = time.monotonic()
         self.fanout = FanOut(settings.client_queue_size)
         self._reader = LiveReader(
             settings, (settings.topics.completions, settings.topics.conversations)
@@ -101,6 +105,7 @@ class Hub:
                 log.exception("hub fetch failed; retrying")
                 await asyncio.sleep(1.0)
                 continue
+            self._now = time.monotonic()
             for record in records:
                 if record.error() is not None:  # transport trouble, reported per record
                     log.warning("hub fetch: %s", record.error())
@@ -191,12 +196,11 @@ class Hub:
             return  # a generation outliving its conversation's deletion: not served again
         rid = event.request_id
         owner = self.owners.get(rid)
-        out = self.fold.event(
-            event, partition, offset, time.monotonic(), owner.model if owner else None
-        )
+        out = self.fold.event(event, partition, offset, self._now, owner.model if owner else None)
         if out is not None:
             self.fanout.send(self.fanout.subscribers.get(rid), out)
-            self._bound(rid)
+            if self.fold.over_bounds():
+                self._bound(rid)
 
     def _fold_chunk(
         self,
@@ -210,11 +214,13 @@ class Hub:
         partition: int,
         offset: int,
     ) -> None:
-        """A TokenChunk's fields (from either decode path) into the fold and out."""
-        if self.owners.deleted(conversation_id):
+        """A TokenChunk's fields (from either decode path) into the fold and out (the hot
+        path: one lookup per collaborator, the bounds checked inline)."""
+        if conversation_id in self._deleted:
             return
         subs = self.fanout.subscribers.get(request_id)
-        out = self.fold.chunk(
+        fold = self.fold
+        out = fold.chunk(
             request_id,
             attempt,
             seq,
@@ -223,17 +229,18 @@ class Hub:
             occurred_at,
             partition,
             offset,
-            time.monotonic(),
+            self._now,
             bool(subs),
         )
         if out is not None:
-            self.fanout.send(subs, out)
-            self._bound(request_id)
+            if subs:
+                self.fanout.send(subs, out)
+            if fold.bytes > fold.max_bytes or len(fold.buffers) > fold.max_requests:
+                self._bound(request_id)
 
     def _bound(self, request_id: str) -> None:
-        if self.fold.over_bounds():
-            for rid in self.fold.evict(keep=request_id):
-                self.owners.forget_buffer(rid)
+        for rid in self.fold.evict(keep=request_id):
+            self.owners.forget_buffer(rid)
 
     def write_held(self) -> None:
         """Write the frames this batch's live chunks left with idle streams' writers."""

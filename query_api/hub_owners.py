@@ -30,14 +30,14 @@ class Owners:
         self.max_entries = max_entries
         self._owners: OrderedDict[str, Owner] = OrderedDict()
         self._by_conversation: dict[str, list[str]] = {}
-        self._deleted: OrderedDict[str, None] = OrderedDict()
+        self.deleted_conversations: OrderedDict[str, None] = OrderedDict()  # oldest first
         # requests whose buffer the hub dropped (TTL, bounds): it will not see their end
         self._forgotten: set[str] = set()
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     def learn(self, event: PromptSubmitted) -> None:
         rid, cid = event.request_id, event.conversation_id
-        if cid in self._deleted:
+        if cid in self.deleted_conversations:
             return
         if rid not in self._owners:
             self._by_conversation.setdefault(cid, []).append(rid)
@@ -53,10 +53,10 @@ class Owners:
     def delete(self, event: ConversationDeleted) -> list[str]:
         """Forget the conversation's requests; their ids (for the hub to drop)."""
         cid = event.conversation_id
-        self._deleted[cid] = None
-        self._deleted.move_to_end(cid)
-        while len(self._deleted) > self.max_entries:
-            self._deleted.popitem(last=False)
+        self.deleted_conversations[cid] = None
+        self.deleted_conversations.move_to_end(cid)
+        while len(self.deleted_conversations) > self.max_entries:
+            self.deleted_conversations.popitem(last=False)
         rids = self._by_conversation.pop(cid, [])
         for rid in rids:
             self._owners.pop(rid, None)
@@ -76,7 +76,7 @@ class Owners:
         return self._owners.get(request_id)
 
     def deleted(self, conversation_id: str) -> bool:
-        return conversation_id in self._deleted
+        return conversation_id in self.deleted_conversations
 
     def forget_buffer(self, request_id: str) -> None:
         """The hub dropped this request's buffer: whatever it saw is now Postgres' to say."""
