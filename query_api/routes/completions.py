@@ -17,6 +17,7 @@ from query_api.stream import StreamSession
 
 router = APIRouter(prefix="/v1/chat/completions", tags=["completions"])
 OWNER_POLL_S = 0.25  # how often an unknown request's owner is re-read from Postgres
+DELETED = ""  # the owner of a deleted conversation's request: no user has this id
 
 
 async def require_owner(state: AppState, user: str, request_id: str) -> None:
@@ -34,11 +35,11 @@ async def require_owner(state: AppState, user: str, request_id: str) -> None:
         if owner_id is None:
             async with state.pool.connection() as conn:
                 row = await views.completion(conn, request_id)
-            # the hub forgets a deleted conversation's requests at once; Postgres may lag
-            if row is not None and not state.hub.conversation_deleted(row["conversation_id"]):
-                owner_id = row["user_id"]
-            elif row is not None:
-                owner_id = ""  # deleted: nobody's
+            if row is not None:
+                # the hub forgets a deleted conversation's requests at once; Postgres may
+                # lag: a deleted one is nobody's (and is not waited for)
+                deleted = state.hub.conversation_deleted(row["conversation_id"])
+                owner_id = DELETED if deleted else row["user_id"]
         if owner_id == user:
             return
         remaining = deadline - time.monotonic()
@@ -54,9 +55,9 @@ async def get_completion(state: State, user: CurrentUser, request_id: str) -> di
     """Status, text so far, usage and timings of one of the caller's completions."""
     async with state.pool.connection() as conn:
         row = await views.completion(conn, request_id)
-    if row is not None and state.hub.conversation_deleted(row["conversation_id"]):
-        row = {"user_id": None}  # the hub read its ConversationDeleted: gone, whoever asks
-    if row is None or row["user_id"] != user:
+    # the hub read its ConversationDeleted: gone, whatever the projection still holds
+    deleted = row is not None and state.hub.conversation_deleted(row["conversation_id"])
+    if deleted or row is None or row["user_id"] != user:
         owner = state.hub.owner(request_id)
         if row is not None or owner is None or owner.user_id != user:
             raise NotFound(f"No completion {request_id!r}.", param="request_id")
