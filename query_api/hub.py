@@ -172,8 +172,8 @@ class Hub:
         self.owners.learn(event)
 
     def _delete_conversation(self, event: ConversationDeleted) -> None:
-        rids = self.owners.delete(event)
-        self.fold.drop_all(rids)
+        # the owners the hub learnt, and buffers of requests older than the hub
+        rids = {*self.owners.delete(event), *self.fold.drop_conversation(event.conversation_id)}
         self.fanout.close_deleted(rids)
 
     def _fold(self, event: Any, partition: int, offset: int) -> None:
@@ -222,6 +222,7 @@ class Hub:
         fold = self.fold
         out = fold.chunk(
             request_id,
+            conversation_id,
             attempt,
             seq,
             text,

@@ -10,7 +10,7 @@ first, and a request dropped from memory is served from Postgres like any finish
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Container, Iterable
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ class RequestBuffer:
     """What the hub saw of one request: the highest attempt's chunks, and its end."""
 
     request_id: str
+    conversation_id: str
     partition: int
     first_offset: int  # the first offset the hub saw of this request: backfill stops there
     attempt: int = -1
@@ -59,14 +60,21 @@ class Fold:
         self.evictions = 0
 
     def _buffer_for(
-        self, request_id: str, attempt: int, partition: int, offset: int, now: float
+        self,
+        request_id: str,
+        conversation_id: str,
+        attempt: int,
+        partition: int,
+        offset: int,
+        now: float,
     ) -> RequestBuffer | None:
         """The request's buffer, switched to `attempt` when that is newer; None when the
         event is stale (a superseded attempt, or a duplicate delivered after the end)."""
         buffers = self.buffers
         buf = buffers.get(request_id)
         if buf is None:
-            buf = buffers[request_id] = RequestBuffer(request_id, partition, offset)
+            buf = RequestBuffer(request_id, conversation_id, partition, offset)
+            buffers[request_id] = buf
             self.bytes += buf.size
         else:
             buffers.move_to_end(request_id)
@@ -85,6 +93,7 @@ class Fold:
     def chunk(
         self,
         request_id: str,
+        conversation_id: str,
         attempt: int,
         seq: int,
         text: str,
@@ -98,7 +107,7 @@ class Fold:
         """A TokenChunk's fields into its buffer; the stream event (None: nothing new).
         `encode`: someone watches now, so the SSE frame is made once here for them all
         (unwatched: a later subscriber formats its snapshot itself)."""
-        buf = self._buffer_for(request_id, attempt, partition, offset, now)
+        buf = self._buffer_for(request_id, conversation_id, attempt, partition, offset, now)
         if buf is None:
             return None
         chunks = buf.chunks
@@ -136,7 +145,9 @@ class Fold:
     ) -> StreamEvent | None:
         """A start or an end into its buffer; the stream event (None: stale).
         `model_hint`: the model the prompt asked for, when no CompletionStarted said."""
-        buf = self._buffer_for(event.request_id, event.attempt, partition, offset, now)
+        buf = self._buffer_for(
+            event.request_id, event.conversation_id, event.attempt, partition, offset, now
+        )
         if buf is None:
             return None
         out = _to_stream_event(event, buf, model_hint)
@@ -189,9 +200,12 @@ class Fold:
             self.drop(rid)
         return stale
 
-    def drop_all(self, request_ids: Iterable[str]) -> None:
-        for rid in request_ids:
+    def drop_conversation(self, conversation_id: str) -> list[str]:
+        """Drop every buffer of a deleted conversation (rare: a scan); the ids dropped."""
+        rids = [r for r, b in self.buffers.items() if b.conversation_id == conversation_id]
+        for rid in rids:
             self.drop(rid)
+        return rids
 
 
 def status_of(snap: Snapshot) -> dict[str, Any]:

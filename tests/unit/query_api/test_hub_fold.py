@@ -13,7 +13,7 @@ from schemas.events import (
 
 
 def chunk(fold: Fold, rid: str, attempt: int, seq: int, now: float = 0.0, text: str = "x") -> bool:
-    return fold.chunk(rid, attempt, seq, text, 1, 0.0, 0, seq, now, encode=False) is not None
+    return fold.chunk(rid, "c", attempt, seq, text, 1, 0.0, 0, seq, now, encode=False) is not None
 
 
 def finished(rid: str, attempt: int, reason: FinishReason = "stop") -> CompletionFinished:
@@ -121,3 +121,12 @@ def test_status_of_a_snapshot() -> None:
     fold.event(failed, 0, 2, 0.0, None)
     snap = fold.snapshot("f")
     assert snap is not None and status_of(snap)["status"] == "failed"
+
+
+def test_a_deleted_conversations_buffers_are_dropped() -> None:
+    fold = Fold(100, 10**9)
+    fold.chunk("r1", "gone", 0, 0, "x", 1, 0.0, 0, 0, 0.0, encode=False)
+    fold.chunk("r2", "gone", 0, 0, "x", 1, 0.0, 0, 1, 0.0, encode=False)
+    fold.chunk("r3", "kept", 0, 0, "x", 1, 0.0, 0, 2, 0.0, encode=False)
+    assert sorted(fold.drop_conversation("gone")) == ["r1", "r2"]
+    assert list(fold.buffers) == ["r3"]

@@ -35,11 +35,14 @@ async def test_a_deleted_conversation_ends_its_streams_and_forgets_its_requests(
     live = stream(settings, hub, NoDurable())
     assert b"id: 1:0" in await anext(live)
     waiting = asyncio.ensure_future(anext(live))
+    hub._fold_chunk("older", "c", 0, 4, "x", 1, 0.0, 0, 9)  # a request older than the hub
+    watching, _ = hub.subscribe("older")
     await asyncio.sleep(0.01)
     hub._delete_conversation(ConversationDeleted(conversation_id="c", user_id="alice"))
     error = await asyncio.wait_for(waiting, 1)
     assert error.startswith(b"event: error\n") and b'"code": "not_found"' in error
     assert hub.owner(RID) is None and hub.snapshot(RID) is None
+    assert watching.deleted and hub.snapshot("older") is None
     assert hub.conversation_deleted("c") and hub.subscriber_count == 0
     hub._fold(tok(1), 0, 1)  # the generation outlives the deletion: nothing is kept
     hub._learn_owner(prompt(RID))  # nor is a redelivered prompt of it
