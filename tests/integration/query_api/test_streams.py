@@ -469,3 +469,29 @@ async def test_requests_the_hub_forgot_stream_from_postgres_once_it_catches_up(
         events = await reader
         assert ids(events) == ["1:0", "1:1", "1:2", "1:3", "1:done"]
         assert text_of(events) == "".join(word(1, s) for s in range(4))
+
+
+async def test_the_status_of_a_request_the_hub_joined_mid_way_joins_both_sources(
+    users: Users,
+    infra_settings: InfraSettings,
+    producer: AIOKafkaProducer,
+    projection: Projection,
+) -> None:
+    """The hub started after chunks 0-2 (which only Postgres has); it saw 3-4 and the end,
+    which the projection has not written yet: the status has the whole text, finished."""
+    g = Gen(infra_settings, producer)
+    projection.prompt("alice", g.cid, g.rid, "hi")
+    await g.start(1)
+    await g.chunks(1, range(3))
+    projection.chunks(g.rid, 1, [word(1, s) for s in range(3)])
+    async with (
+        serve(query_settings(infra_settings)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as late,
+    ):
+        await g.chunks(1, range(3, 5))
+        await g.finish(1, 5)
+        events = await read_sse(late, g.url, users.headers("alice"))
+        assert text_of(events) == "".join(word(1, s) for s in range(5))
+        r = await late.get(f"/v1/chat/completions/{g.rid}", headers=users.headers("alice"))
+        body = r.json()
+        assert (body["status"], body["text"]) == ("finished", text_of(events))
