@@ -5,6 +5,12 @@ one write, so a busy stream costs one socket write per hub batch rather than per
 Given the response's `FrameWriter`, an idle stream lets the hub write its next in-order
 chunk itself (`query_api.frame_writer` says why); anything else (a new attempt, a gap, the
 end, a write still in flight) is queued and wakes the stream, as without one.
+
+Every stream ends with `done` or `error` (the OpenAI error shape): a client too slow
+(`slow_consumer`), a conversation deleted meanwhile (`not_found`), chunks no source has
+(`stream_incomplete`), any source failing (`stream_failed`: Postgres, Kafka, a backfill
+timeout; the detail goes to the log), or no event for `stream_idle_timeout_s`
+(`stream_timeout`); each tells the client where to resume.
 """
 
 from __future__ import annotations
