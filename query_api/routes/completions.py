@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
@@ -116,6 +117,9 @@ async def _live(state: AppState, request_id: str, row: dict[str, Any]) -> dict[s
     if view["status"] == "streaming" and row["status"] in views.TERMINAL:
         return {}  # only the hub's buffer is not at the end yet
     view["content"] = "".join(c.text for c in chunks)
+    end = snap.events[-1]
+    if end.kind in ("done", "error") and end.occurred_at and not row.get("finished_at"):
+        view["finished_at"] = datetime.fromtimestamp(end.occurred_at, UTC)
     model = state.hub.model_of(request_id)
     if model:
         view["model"] = model

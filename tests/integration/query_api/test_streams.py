@@ -390,6 +390,7 @@ async def test_the_status_right_after_done_agrees_with_the_stream(
     assert (body["status"], body["attempt"], body["finish_reason"]) == ("finished", 1, "stop")
     assert body["text"] == text_of(events) == "".join(word(1, s) for s in range(5))
     assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 5}
+    assert body["timings"]["finished_at"] is not None
 
 
 async def test_a_finished_answer_whose_chunks_expired_streams_its_whole_text(
