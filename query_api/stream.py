@@ -49,6 +49,7 @@ class StreamSession:
         self._asm = Assembler(request_id, resume)
         self._last_write = 0.0  # monotonic: the heartbeat is due heartbeat_s after it
         self._last_event = 0.0  # monotonic: the idle timeout runs from the last event
+        self._deleted = False  # a poll found the request's conversation deleted
 
     async def events(self, writer: FrameWriter | None = None) -> AsyncGenerator[bytes, None]:
         """The SSE byte stream; ends after done/error (or at once if resumed after done).
@@ -98,7 +99,7 @@ class StreamSession:
                         "slow_consumer",
                     )
                     return
-                if sub.deleted:
+                if sub.deleted or self._deleted:
                     yield error_frame(
                         f"No completion {self._request_id!r}: its conversation was deleted.",
                         "not_found",
@@ -129,6 +130,8 @@ class StreamSession:
                         # (before it joined the log) reaches Postgres only, so re-check it
                         if polling:
                             batch.extend(await self._poll())
+                            if self._deleted:
+                                continue
                         now = time.monotonic()
                         if not batch and now - self._last_event >= s.stream_idle_timeout_s:
                             yield error_frame(
@@ -186,9 +189,12 @@ class StreamSession:
         """Postgres' events of the request; none when it cannot answer now (pool timeout,
         connection loss): the stream keeps waiting and polls again on its next tick."""
         try:
-            _, events = await self._durable.state(self._request_id)
+            row, events = await self._durable.state(self._request_id)
         except Exception as exc:  # psycopg/psycopg_pool raise several types
             log.debug("stream %s: poll failed: %r", self._request_id, exc)
+            return []
+        if row is not None and self._hub.conversation_deleted(row["conversation_id"]):
+            self._deleted = True  # a request older than the hub: only its row says whose
             return []
         return events
 

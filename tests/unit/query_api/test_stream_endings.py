@@ -49,6 +49,22 @@ async def test_a_deleted_conversation_ends_its_streams_and_forgets_its_requests(
     assert hub.snapshot(RID) is None and hub.owner(RID) is None
 
 
+class DeletedRow(NoDurable):
+    async def state(self, request_id: str) -> tuple[dict[str, object] | None, list[StreamEvent]]:
+        return {"conversation_id": "old-c", "status": "queued"}, []
+
+
+async def test_a_polling_stream_of_a_request_older_than_the_hub_ends_when_deleted() -> None:
+    settings = QuerySettings(heartbeat_s=30, idle_poll_s=0.02)
+    hub = Hub(settings)  # never saw the request: the stream polls Postgres
+    waiting = asyncio.ensure_future(anext(stream(settings, hub, DeletedRow())))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    hub._delete_conversation(ConversationDeleted(conversation_id="old-c", user_id="alice"))
+    error = await asyncio.wait_for(waiting, 1)
+    assert b'"code": "not_found"' in error
+
+
 async def test_a_request_whose_buffer_the_hub_dropped_is_polled_from_postgres() -> None:
     """The hub saw it submitted and finished, then forgot the buffer (TTL): only Postgres
     can end a stream opened now, so the stream must poll it (it never did: heartbeats)."""
