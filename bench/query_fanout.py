@@ -32,8 +32,8 @@ from confluent_kafka import Message
 
 from query_api.app import create_app
 from query_api.deps import current_user
-from query_api.hub import Owner
 from query_api.settings import QuerySettings
+from schemas.events import ChatMessage, GenerationParams, PromptSubmitted
 from schemas.wire import TOKEN_CHUNK_V1_HEADERS, put_long, put_string
 
 
@@ -63,8 +63,17 @@ async def run(streams: int, ticks: int, rounds: int) -> list[float]:
     hub = app.state.query.hub
     rids = [f"r-{i:06d}" for i in range(streams)]
     for i, rid in enumerate(rids):
-        hub._owners[rid] = Owner("bench", f"c-{i}", "m")
-        hub._fold_chunk(rid, 0, 0, "Hello", 1, time.time(), i % 12, i)
+        hub._learn_owner(
+            PromptSubmitted(
+                request_id=rid,
+                conversation_id=f"c-{i}",
+                user_id="bench",
+                model="m",
+                messages=(ChatMessage("user", "hi"),),
+                params=GenerationParams(max_tokens=4),
+            )
+        )
+        hub._fold_chunk(rid, f"c-{i}", 0, 0, "Hello", 1, time.time(), i % 12, i)
     frames = [0]
 
     async def send(message: MutableMapping[str, Any]) -> None:

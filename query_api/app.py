@@ -44,6 +44,9 @@ def create_app(
         subscribers=lambda: hub.subscriber_count,
         buffered=lambda: hub.buffered_requests,
         hub_lag=lambda: hub.consumer_lag(),
+        buffered_bytes=lambda: hub.buffered_bytes,
+        backfills_running=lambda: hub.backfills.running,
+        backfills_waiting=lambda: hub.backfills.waiting,
     )
     state = AppState(
         settings,

@@ -4,12 +4,17 @@ When the hub started after a generation began, its buffer lacks the early chunks
 projection may not have written them yet either. Rather than trust the projection's pace,
 we read that request's partition from shortly before it began (`offsets_for_times`) up to
 the first offset the hub saw of it: everything after that offset is in the hub already.
-A short-lived consumer without a group; rare (only generations that straddle a start).
+A short-lived consumer without a group; rare (only generations that straddle a start),
+and bounded: at most `backfill_concurrency` at once per process (`BackfillLimiter`), the
+others wait their turn, so a burst of gaps cannot open a consumer each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -18,6 +23,31 @@ from query_api.settings import QuerySettings
 from schemas import codec
 from schemas.errors import EventDecodeError
 from schemas.events import TokenChunk
+
+
+class BackfillLimiter:
+    """At most `limit` backfills at once; `running` and `waiting` are exported as metrics."""
+
+    def __init__(self, limit: int) -> None:
+        self._sem = asyncio.Semaphore(max(1, limit))
+        self.running = 0
+        self.waiting = 0
+        self.total = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        self.waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        self.total += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            self._sem.release()
 
 
 async def chunks_before(

@@ -55,6 +55,14 @@ def _terminal_event(row: dict[str, Any]) -> StreamEvent | None:
     return None
 
 
+def _whole_text(row: dict[str, Any]) -> StreamEvent:
+    """A finished answer whose chunks expired from the log (a rebuild after the
+    chat.completions retention has no chunk rows, only the final event's text): its whole
+    stored text as the attempt's one chunk, so the stream never answers it empty."""
+    tokens = (row["usage"] or {}).get("completion_tokens") or row["tokens"] or 0
+    return StreamEvent("chunk", row["request_id"], row["attempt"], 0, row["content"], tokens)
+
+
 class DurableSource:
     """Postgres first; Kafka when the projection lags behind what a client needs now."""
 
@@ -75,6 +83,8 @@ class DurableSource:
             for r in rows
         ]
         terminal = _terminal_event(row)
+        if not events and terminal is not None and row["content"]:
+            events = [_whole_text(row)]
         return row, events + ([terminal] if terminal else [])
 
     async def initial_events(self, request_id: str, snap: Snapshot | None) -> list[StreamEvent]:
@@ -135,14 +145,15 @@ class DurableSource:
             if row
             else self._hub.started_at - self._settings.backfill_lookback_s
         )
-        chunks = await backfill.chunks_before(
-            self._settings,
-            request_id=request_id,
-            attempt=gap.attempt,
-            partition=partition,
-            since_s=began - 60,
-            end_offset=first_offset,
-        )
+        async with self._hub.backfills.slot():
+            chunks = await backfill.chunks_before(
+                self._settings,
+                request_id=request_id,
+                attempt=gap.attempt,
+                partition=partition,
+                since_s=began - 60,
+                end_offset=first_offset,
+            )
         got = _contiguous([c for c in chunks if c.seq >= gap.from_seq], gap.from_seq)
         if gap.until is not None:
             if len(got) < gap.until - gap.from_seq:

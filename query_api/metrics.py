@@ -40,13 +40,18 @@ def _le(bound: float) -> str:
 
 
 class Metrics:
-    """Subscribers, delivery lag (event produced -> written to the client), hub lag."""
+    """Subscribers, delivery lag (event produced -> written to the client), hub lag, what
+    the hub holds in memory, the Kafka backfills."""
 
     def __init__(
         self,
         subscribers: Callable[[], float],
         buffered: Callable[[], float],
         hub_lag: Callable[[], float],
+        *,
+        buffered_bytes: Callable[[], float] = lambda: 0,
+        backfills_running: Callable[[], float] = lambda: 0,
+        backfills_waiting: Callable[[], float] = lambda: 0,
     ) -> None:
         self.registry = CollectorRegistry()
         Gauge(
@@ -62,6 +67,21 @@ class Metrics:
             "Hub records behind the high-water marks",
             registry=self.registry,
         ).set_function(hub_lag)
+        Gauge(
+            "chatlog_query_hub_buffered_bytes",
+            "Bytes of chunks buffered by the hub (estimated; bounded by CHATLOG_HUB_MAX_BYTES)",
+            registry=self.registry,
+        ).set_function(buffered_bytes)
+        Gauge(
+            "chatlog_query_backfills_running",
+            "Kafka backfills running (bounded by CHATLOG_BACKFILL_CONCURRENCY)",
+            registry=self.registry,
+        ).set_function(backfills_running)
+        Gauge(
+            "chatlog_query_backfills_waiting",
+            "Kafka backfills waiting for a slot",
+            registry=self.registry,
+        ).set_function(backfills_waiting)
         self.delivery_lag = LoopHistogram(
             "chatlog_query_delivery_lag_seconds",
             "Event produced -> written to the SSE client",

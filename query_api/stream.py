@@ -5,6 +5,12 @@ one write, so a busy stream costs one socket write per hub batch rather than per
 Given the response's `FrameWriter`, an idle stream lets the hub write its next in-order
 chunk itself (`query_api.frame_writer` says why); anything else (a new attempt, a gap, the
 end, a write still in flight) is queued and wakes the stream, as without one.
+
+Every stream ends with `done` or `error` (the OpenAI error shape): a client too slow
+(`slow_consumer`), a conversation deleted meanwhile (`not_found`), chunks no source has
+(`stream_incomplete`), any source failing (`stream_failed`: Postgres, Kafka, a backfill
+timeout; the detail goes to the log), or no event for `stream_idle_timeout_s`
+(`stream_timeout`); each tells the client where to resume.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ class StreamSession:
         self._request_id = request_id
         self._asm = Assembler(request_id, resume)
         self._last_write = 0.0  # monotonic: the heartbeat is due heartbeat_s after it
+        self._last_event = 0.0  # monotonic: the idle timeout runs from the last event
+        self._deleted = False  # a poll found the request's conversation deleted
 
     async def events(self, writer: FrameWriter | None = None) -> AsyncGenerator[bytes, None]:
         """The SSE byte stream; ends after done/error (or at once if resumed after done).
@@ -53,11 +61,12 @@ class StreamSession:
         """
         if self._asm.finished:
             return
-        s = self._settings
         direct = self._direct(writer) if writer is not None else None
         sub, snap = self._hub.subscribe(self._request_id)
-        # One timer per idle period (heartbeat, or the Postgres poll of a request the hub
-        # has nothing of), re-armed only when it fires: not a timer per awaited event.
+        s = self._settings
+        # One timer per idle period (heartbeat, the Postgres poll of a request the hub
+        # has nothing of, the idle timeout), re-armed only when it fires: not a timer per
+        # awaited event.
         timer: asyncio.TimerHandle | None = None
         ticked = False
 
@@ -76,10 +85,11 @@ class StreamSession:
             if data:
                 yield data
             # Poll Postgres while idle only for a finish the hub may never see (a request
-            # older than the hub); 1,000 queued clients polling would starve the pool.
+            # older than the hub, or one whose buffer it dropped); 1,000 queued clients
+            # polling would starve the pool.
             polling = snap is None and not self._hub.saw_submitted(self._request_id)
             loop = asyncio.get_running_loop()
-            self._last_write = time.monotonic()
+            self._last_write = self._last_event = time.monotonic()
             while not self._asm.finished:
                 if sub.overflowed:
                     self._metrics.overflows.inc()
@@ -89,11 +99,22 @@ class StreamSession:
                         "slow_consumer",
                     )
                     return
+                if sub.deleted or self._deleted:
+                    yield error_frame(
+                        f"No completion {self._request_id!r}: its conversation was deleted.",
+                        "not_found",
+                        "invalid_request_error",
+                    )
+                    return
                 batch = sub.take()
                 if not batch:
                     if timer is None:
-                        due = self._last_write + s.heartbeat_s - time.monotonic()
-                        wait = min(due, s.idle_poll_s) if polling else due
+                        now = time.monotonic()
+                        due = min(
+                            self._last_write + s.heartbeat_s,
+                            self._last_event + s.stream_idle_timeout_s,
+                        )
+                        wait = min(due - now, s.idle_poll_s) if polling else due - now
                         timer = loop.call_later(max(0.0, wait), tick)
                     sub.direct = None if polling else direct  # Postgres may know more
                     try:
@@ -103,13 +124,22 @@ class StreamSession:
                     batch = sub.take()
                     if not batch:
                         if not ticked:
-                            continue  # woken by an overflow: checked at the top
+                            continue  # woken by an overflow or a deletion: checked at the top
                         ticked = False
                         # the hub has nothing of this request yet: a finish it never saw
                         # (before it joined the log) reaches Postgres only, so re-check it
                         if polling:
                             batch.extend(await self._poll())
+                            if self._deleted:
+                                continue
                         now = time.monotonic()
+                        if not batch and now - self._last_event >= s.stream_idle_timeout_s:
+                            yield error_frame(
+                                f"No event for {s.stream_idle_timeout_s:g} s; reconnect with "
+                                f"Last-Event-ID: {self._asm.last_id or ''} to resume.",
+                                "stream_timeout",
+                            )
+                            return
                         if not batch and now - self._last_write >= s.heartbeat_s:
                             self._last_write = now
                             yield PING
@@ -121,9 +151,17 @@ class StreamSession:
                 except StreamIncomplete as exc:
                     yield self._incomplete(exc)
                     return
+                self._last_event = time.monotonic()
                 if data:
-                    self._last_write = time.monotonic()
+                    self._last_write = self._last_event
                     yield data
+        except Exception:  # psycopg, Kafka, timeouts: the client gets an error, not a reset
+            log.exception("stream %s failed", self._request_id)
+            yield error_frame(
+                "The stream failed; reconnect with Last-Event-ID: "
+                f"{self._asm.last_id or ''} to resume.",
+                "stream_failed",
+            )
         finally:
             if timer is not None:
                 timer.cancel()
@@ -140,7 +178,7 @@ class StreamSession:
                 return False  # queued for the stream instead
             asm.advance(ev)
             now = time.time()
-            self._last_write = time.monotonic()
+            self._last_write = self._last_event = time.monotonic()
             if ev.occurred_at:
                 observe(max(0.0, now - ev.occurred_at))
             return True
@@ -151,9 +189,12 @@ class StreamSession:
         """Postgres' events of the request; none when it cannot answer now (pool timeout,
         connection loss): the stream keeps waiting and polls again on its next tick."""
         try:
-            _, events = await self._durable.state(self._request_id)
+            row, events = await self._durable.state(self._request_id)
         except Exception as exc:  # psycopg/psycopg_pool raise several types
             log.debug("stream %s: poll failed: %r", self._request_id, exc)
+            return []
+        if row is not None and self._hub.conversation_deleted(row["conversation_id"]):
+            self._deleted = True  # a request older than the hub: only its row says whose
             return []
         return events
 

@@ -15,6 +15,7 @@ from schemas.events import (
     ChatMessage,
     CompletionFinished,
     CompletionStarted,
+    ConversationDeleted,
     GenerationParams,
     PromptSubmitted,
     TokenChunk,
@@ -315,3 +316,183 @@ async def test_a_client_that_goes_away_frees_its_subscription(
     await gen.finish(1, 4)
     rest = await read_sse(client, gen.url, users.headers("alice", **{"Last-Event-ID": "1:1"}))
     assert ids(rest) == ["1:2", "1:3", "1:done"]
+
+
+async def metric(client: httpx.AsyncClient, name: str) -> float:
+    text = (await client.get("/metrics")).text
+    return float(next(x for x in text.splitlines() if x.startswith(f"{name} ")).split()[1])
+
+
+async def eventually_404(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> None:
+    for _ in range(100):
+        r = await client.get(url, headers=headers)
+        if r.status_code == 404:
+            assert r.json()["error"]["code"] == "not_found"
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} still answers {r.status_code}: {r.text}")
+
+
+async def test_a_deleted_conversations_requests_answer_404_at_once(
+    client: httpx.AsyncClient,
+    users: Users,
+    gen: Gen,
+    projection: Projection,
+    infra_settings: InfraSettings,
+    producer: AIOKafkaProducer,
+) -> None:
+    """The projection still has the rows (it lags); the hub read the ConversationDeleted:
+    the status, a new stream and a stream already open all say the request is gone."""
+    await gen.submit()
+    projection.prompt("alice", gen.cid, gen.rid, "hi")
+    await gen.start(1)
+    await gen.chunks(1, range(3))
+    seen: list[Sse] = []
+    live = asyncio.create_task(read_sse(client, gen.url, users.headers("alice"), sink=seen))
+    while len(seen) < 3:
+        await asyncio.sleep(0.02)
+    await produce(
+        producer,
+        infra_settings.topics.conversations,
+        ConversationDeleted(conversation_id=gen.cid, user_id="alice"),
+    )
+    events = await live
+    assert ids(events) == ["1:0", "1:1", "1:2", None]
+    assert events[-1].event == "error" and events[-1].data["error"]["code"] == "not_found"
+    status = f"/v1/chat/completions/{gen.rid}"
+    await eventually_404(client, status, users.headers("alice"))
+    r = await client.get(gen.url, headers=users.headers("alice"))
+    assert r.status_code == 404
+    await gen.chunks(1, range(3, 5))  # the generation outlives the deletion: still gone
+    await gen.finish(1, 5)
+    await asyncio.sleep(0.3)
+    assert (await client.get(status, headers=users.headers("alice"))).status_code == 404
+
+
+async def test_the_status_right_after_done_agrees_with_the_stream(
+    client: httpx.AsyncClient,
+    users: Users,
+    gen: Gen,
+    projection: Projection,
+) -> None:
+    """The projection lags (it has 2 of 5 chunks, no end): the status tells what the
+    stream told, not `streaming` with the last chunks missing."""
+    await gen.submit()
+    projection.prompt("alice", gen.cid, gen.rid, "hi")
+    projection.chunks(gen.rid, 1, [word(1, s) for s in range(2)])
+    await gen.start(1)
+    await gen.chunks(1, range(5))
+    await gen.finish(1, 5)
+    events = await read_sse(client, gen.url, users.headers("alice"))
+    assert events[-1].event == "done"
+    r = await client.get(f"/v1/chat/completions/{gen.rid}", headers=users.headers("alice"))
+    body = r.json()
+    assert (body["status"], body["attempt"], body["finish_reason"]) == ("finished", 1, "stop")
+    assert body["text"] == text_of(events) == "".join(word(1, s) for s in range(5))
+    assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 5}
+    assert body["timings"]["finished_at"] is not None
+
+
+async def test_a_finished_answer_whose_chunks_expired_streams_its_whole_text(
+    client: httpx.AsyncClient,
+    users: Users,
+    projection: Projection,
+) -> None:
+    """A rebuild after chat.completions' retention: the message text, no chunk rows."""
+    cid, rid = new_id("c"), new_id("r")
+    projection.prompt("alice", cid, rid, "old")
+    projection.finish(rid, 2)
+    whole = "the whole stored answer, kept by the final event"
+    projection.conn.execute(
+        "UPDATE chatlog.messages SET content = %s, attempt = 2 WHERE id = %s",
+        (whole, f"{rid}:assistant"),
+    )
+    url = f"/v1/chat/completions/{rid}/stream"
+    events = await read_sse(client, url, users.headers("alice"))
+    assert ids(events) == ["2:0", "2:done"]
+    assert text_of(events) == whole
+    resumed = await read_sse(client, url, users.headers("alice", **{"Last-Event-ID": "2:0"}))
+    assert ids(resumed) == ["2:done"]
+    r = await client.get(f"/v1/chat/completions/{rid}", headers=users.headers("alice"))
+    assert r.json()["text"] == whole and r.json()["status"] == "finished"
+
+
+async def test_requests_the_hub_forgot_stream_from_postgres_once_it_catches_up(
+    users: Users,
+    infra_settings: InfraSettings,
+    producer: AIOKafkaProducer,
+    projection: Projection,
+) -> None:
+    """The hub saw these finish, then dropped them from memory (one by its TTL, one by its
+    count bound) while the projection is still behind: a stream opened now must end once
+    Postgres has the answer (it used to send heartbeats forever)."""
+    settings = query_settings(
+        infra_settings, finished_ttl_s=0.1, hub_sweep_s=0.1, hub_max_requests=3
+    )
+    async with (
+        serve(settings) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as c,
+    ):
+        gens = [Gen(infra_settings, producer) for _ in range(3)]
+        for g in gens:
+            await g.submit()
+            projection.prompt("alice", g.cid, g.rid, "hi")  # ... and nothing more yet
+            await g.start(1)
+            await g.chunks(1, range(3))
+        for g in gens[:2]:
+            await g.finish(1, 3)  # these two the TTL forgets; gens[2] is live
+        await asyncio.sleep(1.0)
+        assert await metric(c, "chatlog_query_hub_buffered_requests") == 1
+        assert await metric(c, "chatlog_query_hub_buffered_bytes") > 0
+        readers = [
+            asyncio.create_task(read_sse(c, g.url, users.headers("alice"), timeout=10))
+            for g in gens[:2]
+        ]
+        await asyncio.sleep(0.5)
+        for g in gens[:2]:
+            projection.chunks(g.rid, 1, [word(1, s) for s in range(3)])
+            projection.finish(g.rid, 1)
+        for events in await asyncio.gather(*readers):
+            assert ids(events) == ["1:0", "1:1", "1:2", "1:done"]
+        # three more live requests: the least recently active one goes (bound: 3 requests)
+        for late in [Gen(infra_settings, producer) for _ in range(3)]:
+            await late.submit()
+            await late.start(1)
+            await late.chunks(1, range(2))
+        await asyncio.sleep(0.5)
+        assert await metric(c, "chatlog_query_hub_buffered_requests") == 3
+        evicted = gens[2]
+        reader = asyncio.create_task(read_sse(c, evicted.url, users.headers("alice"), timeout=10))
+        await asyncio.sleep(0.3)
+        await evicted.chunks(1, range(3, 4))  # live again: the rest from the hub ...
+        projection.chunks(evicted.rid, 1, [word(1, s) for s in range(3)])  # ... the start
+        await evicted.finish(1, 4)
+        events = await reader
+        assert ids(events) == ["1:0", "1:1", "1:2", "1:3", "1:done"]
+        assert text_of(events) == "".join(word(1, s) for s in range(4))
+
+
+async def test_the_status_of_a_request_the_hub_joined_mid_way_joins_both_sources(
+    users: Users,
+    infra_settings: InfraSettings,
+    producer: AIOKafkaProducer,
+    projection: Projection,
+) -> None:
+    """The hub started after chunks 0-2 (which only Postgres has); it saw 3-4 and the end,
+    which the projection has not written yet: the status has the whole text, finished."""
+    g = Gen(infra_settings, producer)
+    projection.prompt("alice", g.cid, g.rid, "hi")
+    await g.start(1)
+    await g.chunks(1, range(3))
+    projection.chunks(g.rid, 1, [word(1, s) for s in range(3)])
+    async with (
+        serve(query_settings(infra_settings)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as late,
+    ):
+        await g.chunks(1, range(3, 5))
+        await g.finish(1, 5)
+        events = await read_sse(late, g.url, users.headers("alice"))
+        assert text_of(events) == "".join(word(1, s) for s in range(5))
+        r = await late.get(f"/v1/chat/completions/{g.rid}", headers=users.headers("alice"))
+        body = r.json()
+        assert (body["status"], body["text"]) == ("finished", text_of(events))

@@ -111,12 +111,12 @@ async def test_a_waiter_for_an_owner_wakes_when_the_prompt_arrives() -> None:
     owner = await waiting
     assert owner is not None and owner.user_id == "alice"
     assert loop.time() - started < 0.05  # woken by the arrival, not by a poll
-    assert hub._owner_waiters == {}
+    assert hub.owners.waiters == {}
 
 
 async def test_waiting_for_an_owner_that_never_comes_times_out_and_forgets() -> None:
     hub = make_hub()
     assert await hub.wait_owner("r2", timeout_s=0.05) is None
-    assert hub._owner_waiters == {}
+    assert hub.owners.waiters == {}
     hub._learn_owner(prompt("r3"))
     assert await hub.wait_owner("r3", timeout_s=5) is not None  # known: at once

@@ -88,7 +88,7 @@ async def test_a_waiting_client_is_told_at_once_when_it_overflows() -> None:
     first = asyncio.ensure_future(anext(stream))
     for _ in range(5):
         await asyncio.sleep(0)
-    (sub,) = hub._subscribers[RID]
+    (sub,) = hub.fanout.subscribers[RID]
     sub.overflowed = True  # as the hub marks it, while the stream awaits events
     hub.unsubscribe(sub)
     sub.wake()
