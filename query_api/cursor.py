@@ -12,7 +12,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from infra.http import BadRequest
+from infra.http import BadRequest, unstorable
 
 
 def _encode(payload: list[Any]) -> str:
@@ -42,7 +42,7 @@ def decode_keyset(cursor: str | None) -> tuple[datetime, str] | None:
     payload = _decode(cursor)
     try:
         tag, at, row_id = payload
-        if tag != "k" or not isinstance(row_id, str):
+        if tag != "k" or not isinstance(row_id, str) or unstorable(row_id):
             raise ValueError(tag)
         return datetime.fromisoformat(at), row_id
     except (ValueError, TypeError) as exc:
