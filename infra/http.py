@@ -122,9 +122,11 @@ def unstorable(value: str) -> bool:
 
 
 class CatchAll:
-    """Pure ASGI middleware: an exception no handler took becomes the generic 500 above
-    (logged with its request id) instead of Starlette's plain-text one, and the server
-    keeps the connection. Once a response has started nothing can be said: it re-raises."""
+    """Pure ASGI middleware outside the whole app (Starlette's server-error middleware
+    included): that middleware answers an unhandled exception with the generic 500 (the
+    handler `install_error_handlers` gives it) and then re-raises it for the server to
+    log, and uvicorn closes the connection of any request that raised. Here the exception
+    stops once its response went out complete; the log has it already, under its id."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -133,32 +135,46 @@ class CatchAll:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        started = complete = False
 
         async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+            nonlocal started, complete
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                complete = True
             await send(message)
 
         try:
             await self.app(scope, receive, tracked)
-        except Exception:
-            if started:
-                raise
-            rid = request_id_of(Request(scope).headers)
-            log.exception(
-                "unhandled error in %s %s [request id %s]",
-                scope.get("method"),
-                scope.get("path"),
-                rid,
-            )
-            await internal_error(rid)(scope, receive, send)
+        except Exception as exc:
+            if not started:  # nothing answered it (not a FastAPI app's own error path)
+                await _unexpected(Request(scope), exc)(scope, receive, send)
+            elif not complete:
+                raise  # a stream broke midway: only closing the connection tells the client
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    rid = request_id_of(request.headers)
+    log.error(
+        "unhandled error in %s %s [request id %s]",
+        request.method,
+        request.url.path,
+        rid,
+        exc_info=exc,
+    )
+    return internal_error(rid)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Map ApiError, HTTP errors, validation and database errors to the OpenAI error shape,
-    and anything else to a generic 500 (CatchAll)."""
-    app.add_middleware(CatchAll)
+    and anything else to a generic 500 on a kept connection (CatchAll)."""
+    build = app.build_middleware_stack
+    app.build_middleware_stack = lambda: CatchAll(build())  # type: ignore[method-assign]
+
+    @app.exception_handler(Exception)
+    async def _any(request: Request, exc: Exception) -> JSONResponse:
+        return _unexpected(request, exc)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:

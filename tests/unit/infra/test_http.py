@@ -1,5 +1,10 @@
+import socket
+import threading
+import time
+
 import psycopg
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
@@ -106,3 +111,42 @@ def test_a_sane_caller_request_id_is_kept_and_an_odd_one_replaced() -> None:
 def test_unstorable_text() -> None:
     assert unstorable("a\x00b") and unstorable("lone \ud800") and has_nul("ok", "\x00")
     assert not unstorable("héllo ✓ 😀") and not has_nul("ok")
+
+
+def test_an_unexpected_error_keeps_the_connection() -> None:
+    """Under uvicorn, a request that raised used to get a plain-text 500 and a closed
+    connection; now the same socket answers the next request too."""
+    server = uvicorn.Server(uvicorn.Config(failing_app(), port=0, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            for _ in range(2):
+                sock.sendall(b"GET /bug HTTP/1.1\r\nHost: t\r\n\r\n")
+                head, body = _read_response(sock)
+                assert head.startswith(b"HTTP/1.1 500") and b'"server_error"' in body
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[
+            1
+        ]
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        body += chunk
+    return head, body
