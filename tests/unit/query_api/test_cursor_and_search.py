@@ -9,7 +9,7 @@ import pytest
 
 from infra.http import BadRequest
 from query_api.assembler import Out
-from query_api.cursor import decode_keyset, decode_offset, encode_keyset, encode_offset
+from query_api.cursor import _encode, decode_keyset, decode_offset, encode_keyset, encode_offset
 from query_api.search import HIT_END, HIT_START, meili_filter, snippet_html
 from query_api.sse import frame
 
@@ -25,6 +25,12 @@ def test_keyset_cursor_round_trips_microseconds() -> None:
 def test_malformed_cursors_are_400(bad: str) -> None:
     with pytest.raises(BadRequest):
         decode_keyset(bad or "x")
+
+
+@pytest.mark.parametrize("offset", [-1, 10**30, True])
+def test_an_offset_cursor_out_of_range_is_400(offset: int) -> None:
+    with pytest.raises(BadRequest):
+        decode_offset(_encode(["o", offset]))
 
 
 def test_a_keyset_cursor_naming_a_nul_id_is_400() -> None:
