@@ -4,6 +4,7 @@ full-text; never another user's message."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -182,3 +183,19 @@ async def test_a_query_no_backend_can_encode_is_a_400(
         assert r.json()["error"]["param"] == "query"
     r = await postgres.get("/v1/search", params={"q": "kafka\x00"}, headers=users.headers("alice"))
     assert r.status_code == 400 and r.json()["error"]["param"] == "q"
+
+
+async def test_an_unreachable_search_backend_is_a_503_without_its_error_text(
+    infra_settings: InfraSettings, users: Users
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    async with (
+        serve(query_settings(infra_settings, meili_url=dead)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as c,
+    ):
+        r = await c.get("/v1/search", params={"q": "kafka"}, headers=users.headers("alice"))
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["message"] == "Search is unavailable; retry later."
+    assert dead.rsplit(":", 1)[1] not in r.text
