@@ -31,9 +31,11 @@ from command_api.routes import completions, conversations, health
 from command_api.settings import CommandSettings
 from command_api.store import CommandStore
 from command_api.upstream import StreamSource
+from command_api.validation import ROLES, ChatCompletionBody
 from infra.auth import KeyResolver
 from infra.clients import apply_read_model_ddl, check_idle_connection, ensure_topics, pg_connect
 from infra.http import ApiError, install_error_handlers
+from infra.openapi import install_openapi
 from infra.runtime import tune_gc
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,55 @@ def create_app(settings: CommandSettings | None = None, **overrides: Any) -> Fas
     )
     app.add_middleware(DirectRoute, owner=app, route=accept, method="POST")  # inner
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outer: it times both
+    _document(app, settings)
     return app
+
+
+ACCEPT = ("post", "/v1/chat/completions")
+_OBJECT = {"application/json": {"schema": {"type": "object"}}}
+
+
+def _document(app: FastAPI, settings: CommandSettings) -> None:
+    """The OpenAPI document: the accept path parses its own body (validation.py), so its
+    schema and its statuses are stated here (infra.openapi adds the common ones)."""
+
+    def refine(doc: dict[str, Any]) -> None:
+        # what validation.py checks beyond the model's types, where JSON Schema can say it
+        schemas = doc["components"]["schemas"]
+        body = schemas["ChatCompletionBody"]["properties"]
+        body["model"]["enum"] = list(settings.model_ids)
+        body["messages"].update(minItems=1, maxItems=settings.max_messages)
+        schemas["_Message"]["properties"]["role"]["enum"] = list(ROLES)
+
+    install_openapi(
+        app,
+        public={"/healthz", "/readyz", "/metrics"},
+        bodies={ACCEPT: ChatCompletionBody},
+        # 500/504: a `stream: false` wait whose generation failed / outlasted the wait
+        errors={ACCEPT: (400, 404, 409, 413, 422, 429, 500, 504)},
+        headers={ACCEPT: ("Idempotency-Key", "Prefer", "traceparent")},
+        refine=refine,
+        responses={
+            ACCEPT: {
+                200: {
+                    "description": "The finished chat.completion, or its SSE stream "
+                    "(`stream: true`)",
+                    "content": {**_OBJECT, "text/event-stream": {"schema": {"type": "string"}}},
+                },
+                202: {"description": "Accepted (`Prefer: respond-async`)", "content": _OBJECT},
+            },
+            ("post", "/v1/chat/completions/{request_id}/cancel"): {
+                202: {"description": "Cancel requested now", "content": _OBJECT}
+            },
+            ("get", "/readyz"): {503: {"description": "Not ready", "content": _OBJECT}},
+            ("get", "/metrics"): {
+                200: {
+                    "description": "Prometheus metrics",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        },
+    )
 
 
 @contextlib.asynccontextmanager

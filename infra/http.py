@@ -1,13 +1,18 @@
-"""HTTP plumbing shared by both APIs: the OpenAI error shape and bearer-key auth.
+"""HTTP plumbing shared by both APIs: the OpenAI error shape, request ids and bearer-key auth.
 
 Each API raises `ApiError` subclasses (typed errors) and calls `install_error_handlers`
 once; every error, including FastAPI's own validation errors, leaves as
-`{"error": {"message", "type", "param", "code"}}`.
+`{"error": {"message", "type", "param", "code"}}`. What the client did not cause (a bug, a
+Postgres error) leaves with a generic message and a request id; its detail goes to the log
+under that id, never into the response (a database's or an upstream's error text tells an
+attacker about the system and a user nothing).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from typing import Any
 
 import psycopg
@@ -15,6 +20,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A caller's id is echoed and logged: only a short, plain token is taken as given.
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ApiError(Exception):
@@ -77,8 +90,91 @@ def error_body(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def request_id_of(headers: Any) -> str:
+    """The caller's `X-Request-ID` when it is a sane token, else a fresh one."""
+    given = headers.get(REQUEST_ID_HEADER) or ""
+    return given if _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def internal_error(
+    request_id: str, *, status: int = 500, message: str | None = None, code: str = "internal_error"
+) -> JSONResponse:
+    """A generic error naming only the request id the log has the detail under."""
+    type_ = Unavailable.type if status == 503 else "server_error"
+    text = message or "The server failed to answer this request."
+    return JSONResponse(
+        error_body(f"{text} (request id {request_id})", type_, code),
+        status_code=status,
+        headers={REQUEST_ID_HEADER: request_id},
+    )
+
+
+def has_nul(*values: str) -> bool:
+    """Whether any value holds U+0000, which no Postgres text can store: an id with one
+    names nothing (a 404), rather than failing the query (a DataError, once a 500)."""
+    return any("\x00" in v for v in values)
+
+
+def unstorable(value: str) -> bool:
+    """Whether `value` holds what Postgres text cannot (U+0000) or UTF-8 cannot encode (a
+    lone surrogate, which a JSON `\\ud800` escape decodes to): refuse it at the door."""
+    return "\x00" in value or _SURROGATE.search(value) is not None
+
+
+class CatchAll:
+    """Pure ASGI middleware outside the whole app (Starlette's server-error middleware
+    included): that middleware answers an unhandled exception with the generic 500 (the
+    handler `install_error_handlers` gives it) and then re-raises it for the server to
+    log, and uvicorn closes the connection of any request that raised. Here the exception
+    stops once its response went out complete; the log has it already, under its id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = complete = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started, complete
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                complete = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if not started:  # nothing answered it (not a FastAPI app's own error path)
+                await _unexpected(Request(scope), exc)(scope, receive, send)
+            elif not complete:
+                raise  # a stream broke midway: only closing the connection tells the client
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    rid = request_id_of(request.headers)
+    log.error(
+        "unhandled error in %s %s [request id %s]",
+        request.method,
+        request.url.path,
+        rid,
+        exc_info=exc,
+    )
+    return internal_error(rid)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Map ApiError, HTTP errors and validation errors to the OpenAI error shape."""
+    """Map ApiError, HTTP errors, validation and database errors to the OpenAI error shape,
+    and anything else to a generic 500 on a kept connection (CatchAll)."""
+    build = app.build_middleware_stack
+    app.build_middleware_stack = lambda: CatchAll(build())  # type: ignore[method-assign]
+
+    @app.exception_handler(Exception)
+    async def _any(request: Request, exc: Exception) -> JSONResponse:
+        return _unexpected(request, exc)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -99,18 +195,39 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(psycopg.OperationalError)
-    async def _database_down(_: Request, exc: psycopg.OperationalError) -> JSONResponse:
+    async def _database_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
         # Postgres refused, shut down or the pool timed out: the service is unavailable
         # for now (503), not broken (500).
-        logging.getLogger(__name__).warning("Postgres unavailable: %s", exc)
+        rid = request_id_of(request.headers)
+        log.warning("Postgres unavailable [request id %s]: %s", rid, exc)
+        return internal_error(
+            rid,
+            status=503,
+            message="The database is unavailable; retry later.",
+            code="database_unavailable",
+        )
+
+    @app.exception_handler(psycopg.DataError)
+    async def _bad_value(request: Request, exc: psycopg.DataError) -> JSONResponse:
+        # Postgres refused a value the request carried (SQLSTATE class 22: a NUL in a
+        # string, a number out of range): the client's input, so a 400, said generically.
+        rid = request_id_of(request.headers)
+        log.warning("Postgres refused a value [request id %s]: %s", rid, exc)
         return JSONResponse(
             error_body(
-                "The database is unavailable; retry later.",
-                Unavailable.type,
-                "database_unavailable",
+                f"A value in the request cannot be stored or looked up (request id {rid}).",
+                "invalid_request_error",
+                "invalid_value",
             ),
-            status_code=Unavailable.status,
+            status_code=400,
+            headers={REQUEST_ID_HEADER: rid},
         )
+
+    @app.exception_handler(psycopg.Error)
+    async def _database_error(request: Request, exc: psycopg.Error) -> JSONResponse:
+        rid = request_id_of(request.headers)
+        log.error("Postgres error [request id %s]: %r", rid, exc, exc_info=exc)
+        return internal_error(rid)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -118,6 +235,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body(str(exc.detail), "invalid_request_error", code),
             status_code=exc.status_code,
+            headers=exc.headers,
         )
 
 

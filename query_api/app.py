@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from infra.auth import KeyResolver
 from infra.clients import ensure_topics
 from infra.http import install_error_handlers
+from infra.openapi import error_response, install_openapi
 from infra.runtime import tune_gc
 from query_api.db import make_pool
 from query_api.deps import AppState
@@ -77,6 +78,25 @@ def create_app(
     install_error_handlers(app)
     for module in (history, search, completions, ops):
         app.include_router(module.router)
+    install_openapi(
+        app,
+        public={"/healthz", "/readyz", "/metrics"},
+        responses={
+            ("get", "/v1/chat/completions/{request_id}/stream"): {
+                200: {
+                    "description": "SSE: chunk, reset, done and error events",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                }
+            },
+            ("get", "/readyz"): {503: error_response(503)},
+            ("get", "/metrics"): {
+                200: {
+                    "description": "Prometheus metrics",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        },
+    )
     return app
 
 

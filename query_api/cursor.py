@@ -12,7 +12,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from infra.http import BadRequest
+from infra.http import BadRequest, unstorable
 
 
 def _encode(payload: list[Any]) -> str:
@@ -42,11 +42,16 @@ def decode_keyset(cursor: str | None) -> tuple[datetime, str] | None:
     payload = _decode(cursor)
     try:
         tag, at, row_id = payload
-        if tag != "k" or not isinstance(row_id, str):
+        if tag != "k" or not isinstance(row_id, str) or unstorable(row_id):
             raise ValueError(tag)
         return datetime.fromisoformat(at), row_id
     except (ValueError, TypeError) as exc:
         raise BadRequest("Malformed cursor.", param="cursor", code="invalid_cursor") from exc
+
+
+# Far past any page a search backend serves (Meilisearch stops at maxTotalHits, 1000 by
+# default); a larger offset in a forged cursor failed Meilisearch's checks (a 503).
+MAX_OFFSET = 100_000
 
 
 def encode_offset(offset: int) -> str:
@@ -57,6 +62,11 @@ def decode_offset(cursor: str | None) -> int:
     if cursor is None:
         return 0
     payload = _decode(cursor)
-    if len(payload) != 2 or payload[0] != "o" or not isinstance(payload[1], int) or payload[1] < 0:
+    if (
+        len(payload) != 2
+        or payload[0] != "o"
+        or type(payload[1]) is not int  # not a bool either
+        or not 0 <= payload[1] <= MAX_OFFSET
+    ):
         raise BadRequest("Malformed cursor.", param="cursor", code="invalid_cursor")
     return payload[1]

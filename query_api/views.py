@@ -1,7 +1,8 @@
 """Read-side SQL over the `chatlog.*` read models (ARCHITECTURE §4): plain queries, no ORM.
 
 Every query is scoped by the caller's user id, so another user's ids look exactly like
-ids that do not exist.
+ids that do not exist. An id holding U+0000 (`%00` in a path) names nothing Postgres can
+store, so the lookups answer "none" for it instead of sending it (a DataError).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
+
+from infra.http import has_nul
 
 Row = dict[str, Any]
 Keyset = tuple[datetime, str] | None
@@ -54,6 +57,8 @@ async def conversations_page(
 async def conversation(
     conn: AsyncConnection[Any], user_id: str, conversation_id: str
 ) -> Row | None:
+    if has_nul(conversation_id):
+        return None
     return await _one(
         conn,
         """SELECT id, title, status, created_at, updated_at, last_request_id
@@ -86,6 +91,8 @@ async def messages_page(
 
 async def completion(conn: AsyncConnection[Any], request_id: str) -> Row | None:
     """The completion row joined with its assistant message (text so far), any owner."""
+    if has_nul(request_id):
+        return None
     return await _one(
         conn,
         """SELECT c.request_id, c.conversation_id, c.user_id, c.status, c.model, c.attempt,
@@ -110,6 +117,8 @@ async def chunks(
 
 
 async def owner_of(conn: AsyncConnection[Any], request_id: str) -> str | None:
+    if has_nul(request_id):
+        return None
     row = await _one(
         conn, "SELECT user_id FROM chatlog.completions WHERE request_id = %s", (request_id,)
     )

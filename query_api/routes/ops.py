@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -11,6 +12,7 @@ from infra.http import Unavailable
 from query_api.deps import CurrentUser, State
 
 router = APIRouter(tags=["ops"])
+log = logging.getLogger(__name__)
 
 
 @router.get("/healthz")
@@ -28,7 +30,8 @@ async def readyz(state: State) -> dict[str, Any]:
         async with state.pool.connection(timeout=2) as conn:
             await conn.execute("SELECT 1")
     except Exception as exc:
-        raise Unavailable(f"Not ready: Postgres: {exc}") from exc
+        log.warning("readyz: Postgres does not answer: %r", exc)
+        raise Unavailable("Not ready: Postgres does not answer.") from exc
     return {"status": "ready", "hub_lag": state.hub.consumer_lag()}
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from infra.http import BadRequest, unstorable
 from query_api.cursor import decode_offset, encode_offset
 from query_api.deps import CurrentUser, State
 from query_api.search import SearchHit
@@ -18,6 +19,14 @@ class SearchBody(BaseModel):
     query: str = Field(min_length=1, max_length=1000)
     limit: int = Field(default=20, ge=1, le=50)
     cursor: str | None = None
+
+    @field_validator("query")
+    @classmethod
+    def _searchable(cls, v: str) -> str:
+        # U+0000 or a lone surrogate would fail the backend's encoding (a 500 before)
+        if unstorable(v):
+            raise ValueError("query must not contain U+0000 or lone surrogates")
+        return v
 
 
 def _hit(hit: SearchHit) -> dict[str, Any]:
@@ -67,4 +76,6 @@ async def search_get(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Search the caller's messages (query-string form)."""
+    if unstorable(q):
+        raise BadRequest("q must not contain U+0000.", param="q", code="invalid_value")
     return await _search(state, user, SearchBody(query=q, limit=limit, cursor=cursor))

@@ -124,3 +124,26 @@ async def test_ops_endpoints(client: httpx.AsyncClient) -> None:
     assert (await client.get("/readyz")).json()["status"] == "ready"
     text = (await client.get("/metrics")).text
     assert "chatlog_query_subscribers" in text and "chatlog_query_hub_consumer_lag" in text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/chat/completions/r%00x",
+        "/v1/chat/completions/r%00x/stream",
+        "/v1/conversations/c%00x",
+        "/v1/conversations/c%00x/messages",
+    ],
+)
+async def test_a_nul_in_a_path_id_is_a_404_on_a_kept_connection(
+    infra_settings: InfraSettings, users: Users, path: str
+) -> None:
+    # owner_wait_s short: the stream route waits that long for an unknown request's owner
+    settings = query_settings(infra_settings, owner_wait_s=0.2)
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=10) as c:
+        r = await c.get(path, headers=users.headers("alice"))
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["code"] == "not_found"
+        assert r.headers.get("connection") != "close"
+        # the same connection serves the next request
+        assert (await c.get("/healthz")).status_code == 200

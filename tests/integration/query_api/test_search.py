@@ -3,6 +3,8 @@ full-text; never another user's message."""
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -135,3 +137,65 @@ async def test_a_user_id_with_quotes_cannot_widen_the_filter(
         )
     ).json()
     assert [h["message_id"] for h in body["data"]] == [corpus[evil]]
+
+
+async def test_snippets_escape_the_message_and_mark_only_the_hits(
+    meili: httpx.AsyncClient,
+    postgres: httpx.AsyncClient,
+    infra_settings: InfraSettings,
+    projection: Projection,
+    users: Users,
+) -> None:
+    text = "<img src=x onerror=alert(1)> kafka"
+    cid, rid = new_id("c"), new_id("r")
+    at = projection.prompt("bob", cid, rid, text)
+    client = meili_client(infra_settings)
+    doc = {
+        "id": f"{rid}_user",
+        "conversation_id": cid,
+        "request_id": rid,
+        "user_id": "bob",
+        "role": "user",
+        "content": text,
+        "title": None,
+        "created_at": int(at.timestamp() * 1000),
+    }
+    task = client.index(infra_settings.index_name(MESSAGES_INDEX)).add_documents([doc])
+    assert client.wait_for_task(task.task_uid, timeout_in_ms=30_000).status == "succeeded"
+    for api in (meili, postgres):
+        r = await api.get("/v1/search", params={"q": "kafka"}, headers=users.headers("bob"))
+        snippets = {h["message_id"]: h["snippet"] for h in r.json()["data"]}
+        assert snippets[f"{rid}:user"] == "&lt;img src=x onerror=alert(1)&gt; <mark>kafka</mark>"
+
+
+@pytest.mark.parametrize("query", ["kafka\x00", "kafka \ud800"])
+async def test_a_query_no_backend_can_encode_is_a_400(
+    meili: httpx.AsyncClient, postgres: httpx.AsyncClient, users: Users, query: str
+) -> None:
+    raw = json.dumps({"query": query}).encode()  # ASCII escapes: \u0000, \ud800
+    for api in (meili, postgres):
+        r = await api.post(
+            "/v1/conversations/search",
+            content=raw,
+            headers=users.headers("alice", **{"content-type": "application/json"}),
+        )
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "query"
+    r = await postgres.get("/v1/search", params={"q": "kafka\x00"}, headers=users.headers("alice"))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "q"
+
+
+async def test_an_unreachable_search_backend_is_a_503_without_its_error_text(
+    infra_settings: InfraSettings, users: Users
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    async with (
+        serve(query_settings(infra_settings, meili_url=dead)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as c,
+    ):
+        r = await c.get("/v1/search", params={"q": "kafka"}, headers=users.headers("alice"))
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["message"] == "Search is unavailable; retry later."
+    assert dead.rsplit(":", 1)[1] not in r.text

@@ -1,4 +1,5 @@
-"""Cursors are opaque and strict; the Meilisearch filter cannot be widened by a user id."""
+"""Cursors are opaque and strict; the Meilisearch filter cannot be widened by a user id;
+snippets are escaped HTML whose only tags are the hits' <mark>."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 
 from infra.http import BadRequest
 from query_api.assembler import Out
-from query_api.cursor import decode_keyset, decode_offset, encode_keyset, encode_offset
-from query_api.search import meili_filter
+from query_api.cursor import _encode, decode_keyset, decode_offset, encode_keyset, encode_offset
+from query_api.search import HIT_END, HIT_START, meili_filter, snippet_html
 from query_api.sse import frame
 
 
@@ -24,6 +25,27 @@ def test_keyset_cursor_round_trips_microseconds() -> None:
 def test_malformed_cursors_are_400(bad: str) -> None:
     with pytest.raises(BadRequest):
         decode_keyset(bad or "x")
+
+
+@pytest.mark.parametrize("offset", [-1, 10**30, True])
+def test_an_offset_cursor_out_of_range_is_400(offset: int) -> None:
+    with pytest.raises(BadRequest):
+        decode_offset(_encode(["o", offset]))
+
+
+def test_a_keyset_cursor_naming_a_nul_id_is_400() -> None:
+    with pytest.raises(BadRequest):
+        decode_keyset(encode_keyset(datetime(2026, 1, 1, tzinfo=UTC), "m\x00"))
+
+
+def test_snippet_escapes_the_text_then_marks_the_hits() -> None:
+    marked = f'<img src=x onerror=alert(1)> "{HIT_START}kafka{HIT_END}" &amp;'
+    assert snippet_html(marked) == (
+        "&lt;img src=x onerror=alert(1)&gt; &quot;<mark>kafka</mark>&quot; &amp;amp;"
+    )
+    # the tags a message holds are text; sentinels a message holds never unbalance the tags
+    assert snippet_html("<mark>x</mark>") == "&lt;mark&gt;x&lt;/mark&gt;"
+    assert snippet_html(f"a{HIT_END}b{HIT_START}c{HIT_START}d") == "ab<mark>cd</mark>"
 
 
 def test_offset_cursor_rejects_keyset_cursor() -> None:
