@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from command_api.settings import CommandSettings
 from infra.http import BadRequest, NotFound
+from infra.http import unstorable as _unstorable
 from schemas import ChatMessage, GenerationParams
 
 ROLES = ("system", "user", "assistant")
@@ -114,13 +115,9 @@ def parse_body(raw: bytes, settings: CommandSettings) -> PromptRequest:
 
 def unstorable(text: str) -> str | None:
     """Why `text` cannot be stored (a lone surrogate, U+0000), or None when it can."""
-    if "\x00" in text:
-        return "contains U+0000 (NUL)"
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return "contains a lone surrogate (not valid Unicode)"
-    return None
+    if not _unstorable(text):
+        return None
+    return "contains U+0000 (NUL)" if "\x00" in text else "contains a lone surrogate (not valid Unicode)"
 
 
 def check_text(text: str, param: str) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
 
-from infra.http import BadRequest, NotFound
+from infra.http import BadRequest, NotFound, unstorable
 from query_api import views
 from query_api.deps import AppState, CurrentUser, State
 from query_api.events import Position
@@ -29,6 +29,8 @@ async def require_owner(state: AppState, user: str, request_id: str) -> None:
     neither knows yet is waited for briefly, since a client opens its stream right after
     the POST that created it.
     """
+    if unstorable(request_id):  # no request has such an id: answer now, not after the wait
+        raise NotFound(f"No completion {request_id!r}.", param="request_id")
     deadline = time.monotonic() + state.settings.owner_wait_s
     owner = state.hub.owner(request_id)
     while True:
