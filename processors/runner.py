@@ -38,6 +38,15 @@ TP = tuple[str, int]
 Item = tuple[ConsumerRecord[bytes, bytes], Event | None]  # None: dead-lettered already
 
 
+CHECKPOINT_POLL_S = 1.0
+
+
+def projection_topics(settings: ProcessorSettings) -> list[str]:
+    """The logs every projection folds: prompts, streams, and the durable answers."""
+    t = settings.topics
+    return [t.conversations, t.completions, t.answers]
+
+
 class Projection(Protocol):
     """A read model fed by the loop. `apply` is one transaction: rows plus checkpoints."""
 
@@ -66,7 +75,7 @@ class Progress:
 
 
 class Runner:
-    """Runs one projection over chat.conversations and chat.completions.
+    """Runs one projection over chat.conversations, chat.completions and chat.answers.
 
     With `group` it joins that consumer group (live); without, it assigns every partition
     itself (a rebuild) and, with `stop_at_lag`, returns once that close to the log end, or,
@@ -94,7 +103,7 @@ class Runner:
         self.max_events = max_events or projection.batch_max_events
         self.wait_ms = projection.batch_wait_ms if wait_ms is None else wait_ms
         self.targets: dict[TP, int] | None = None
-        self.topics = [settings.topics.conversations, settings.topics.completions]
+        self.topics = projection_topics(settings)
         self.base: dict[TP, int | None] = {}
         self.folded = 0
         self._stopping = asyncio.Event()
@@ -104,6 +113,7 @@ class Runner:
         # A rebalance's seek and a batch never interleave (both await Postgres).
         self._exclusive = asyncio.Lock()
         self._generation = 0  # bumped by every seek: batches fetched before it are stale
+        self._checked_at = 0.0  # when an idle live runner last compared stored checkpoints
 
     def stop(self) -> None:
         self._stopping.set()
@@ -156,6 +166,8 @@ class Runner:
                     inflight = asyncio.create_task(self._process(items))
                 elif items:  # a seek ran while they were fetched: read again from checkpoints
                     await self.seek(list(consumer.assignment()))
+                elif self.group:
+                    await self._follow_moved_checkpoints(consumer)
                 # With a batch in flight `base` trails by it: lag reads high, never low.
                 lag = await self._observe(consumer, idle=not items)
                 if await self._reached_the_end(lag):
@@ -163,6 +175,27 @@ class Runner:
         finally:
             if inflight is not None:
                 await inflight
+
+    async def _follow_moved_checkpoints(self, consumer: AIOKafkaConsumer) -> None:
+        """Idle: if the stored checkpoints moved (`replay --from-timestamp`, a rebuild's
+        switch), seek to them now rather than when the next record arrives (a quiet system
+        may send none for hours). One small SELECT per `CHECKPOINT_POLL_S` while idle."""
+        now = time.monotonic()
+        if now - self._checked_at < CHECKPOINT_POLL_S:
+            return
+        self._checked_at = now
+        async with self._exclusive:
+            stored = await self._retry_transient(self.projection.stored_positions)
+            assigned = list(consumer.assignment())
+            moved = [
+                tp
+                for tp in assigned
+                if (key := (tp.topic, tp.partition)) in stored and stored[key] != self.base.get(key)
+            ]
+            if moved:
+                log.info("%s: stored checkpoints moved on %d partitions: seeking there",
+                         self.projection.name, len(moved))  # fmt: skip
+                await self._seek(assigned)
 
     async def _reached_the_end(self, lag: int | None) -> bool:
         if self.targets is not None:
