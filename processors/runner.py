@@ -105,6 +105,9 @@ class Runner:
         self.targets: dict[TP, int] | None = None
         self.topics = projection_topics(settings)
         self.base: dict[TP, int | None] = {}
+        # Where a partition without a checkpoint starts: its first retained offset, > 0 once
+        # chat.completions' chunks expired. Only for positions (lag, targets), not fences.
+        self.floor: dict[TP, int] = {}
         self.folded = 0
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
@@ -199,7 +202,7 @@ class Runner:
 
     async def _reached_the_end(self, lag: int | None) -> bool:
         if self.targets is not None:
-            return all((self.base.get(tp) or 0) >= o for tp, o in self.targets.items())
+            return all(self.position(tp) >= o for tp, o in self.targets.items())
         if self.stop_at_lag is not None and lag is not None and lag <= self.stop_at_lag:
             if self.on_near_end is None:
                 return True
@@ -240,13 +243,21 @@ class Runner:
         assert self._consumer is not None
         self._generation += 1
         stored = await self._retry_transient(self.projection.stored_positions)
+        fresh = [tp for tp in tps if (tp.topic, tp.partition) not in stored]
+        starts = await self._consumer.beginning_offsets(fresh) if fresh else {}
         for tp in tps:
             offset = stored.get((tp.topic, tp.partition))
             self.base[(tp.topic, tp.partition)] = offset
             if offset is None:
+                self.floor[(tp.topic, tp.partition)] = starts.get(tp, 0)
                 await self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek(tp, offset)
+
+    def position(self, tp: TP) -> int:
+        """The next offset to fold on `tp` (its first retained one before any is folded)."""
+        base = self.base.get(tp)
+        return self.floor.get(tp, 0) if base is None else base
 
     async def _process(self, items: list[Item]) -> None:
         async with self._exclusive:
@@ -390,7 +401,7 @@ class Runner:
         ends = await consumer.end_offsets(assigned) if assigned else {}
         lag = 0
         for tp in assigned:
-            position = self.base.get((tp.topic, tp.partition)) or 0
+            position = self.position((tp.topic, tp.partition))
             behind = max(ends.get(tp, 0) - position, 0)
             lag += behind
             metrics.LAG.labels(self.projection.name, tp.topic, str(tp.partition)).set(behind)
