@@ -150,6 +150,7 @@ def test_chunks_after_the_final_are_kept_for_streams_but_change_no_answer() -> N
     events = exchange(Clock(), conversation_id="c", request_id="r", user_id="u",
                       prompt="hi", answer=["Hel", "lo"])  # fmt: skip
     prompt, started, c0, c1, _ = events
+    assert isinstance(c1, TokenChunk)
     final = _final(events)
     state = fold_batch(FoldState(), [prompt, final, started, c0, replace(c1, text="XX"), final])
     req = state.requests["r"]
@@ -174,7 +175,8 @@ def test_three_topics_in_any_interleaving_fold_to_the_same_answer() -> None:
     assert (_text(reference, "r1"), _text(reference, "r2")) == ("ab", "yz")
     rng = random.Random(11)
     for _ in range(40):
-        queues, merged = [list(convs), list(comps), list(answers)], []
+        queues: list[list[Event]] = [list(convs), list(comps), list(answers)]
+        merged: list[Event] = []
         while any(queues):
             merged.append(rng.choice([q for q in queues if q]).pop(0))
         for state in (fold_batch(FoldState(), merged), fold_batch(FoldState(), merged + merged)):
