@@ -36,7 +36,8 @@ from processors.checkpoints import LOCK_KEYS, read_checkpoints, write_checkpoint
 from processors.coverage import check_log_start, check_outcomes
 from processors.pg_projection import PostgresProjection
 from processors.pg_store import LIVE_SCHEMA
-from processors.runner import Progress, Runner, projection_topics
+from processors.projection import Progress, projection_topics
+from processors.runner import Runner
 from processors.search_projection import SearchProjection, ensure_index
 from processors.settings import ProcessorSettings
 from schemas.resources import MESSAGES_INDEX, read_model_ddl

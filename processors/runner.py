@@ -17,8 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -28,6 +27,7 @@ from infra.dlq import dlq_headers
 from processors import metrics
 from processors.checkpoints import Fenced
 from processors.errors import is_transient
+from processors.projection import Progress, Projection, projection_topics
 from processors.settings import ProcessorSettings
 from schemas.codec import EVENT_TYPE_HEADER, decode
 from schemas.errors import EventDecodeError
@@ -38,40 +38,7 @@ TP = tuple[str, int]
 Item = tuple[ConsumerRecord[bytes, bytes], Event | None]  # None: dead-lettered already
 
 
-CHECKPOINT_POLL_S = 1.0
-
-
-def projection_topics(settings: ProcessorSettings) -> list[str]:
-    """The logs every projection folds: prompts, streams, and the durable answers."""
-    t = settings.topics
-    return [t.conversations, t.completions, t.answers]
-
-
-class Projection(Protocol):
-    """A read model fed by the loop. `apply` is one transaction: rows plus checkpoints."""
-
-    name: str
-    batch_max_events: int  # one fetch, one fold, one transaction
-    batch_wait_ms: int  # how long a fetch waits to fill a batch
-    event_types: frozenset[str] | None  # the only types it reads (by header); None = all
-
-    async def stored_positions(self) -> dict[TP, int]:
-        """The stored checkpoints (topic, partition) -> next offset."""
-
-    async def apply(
-        self, events: list[Event], positions: dict[TP, int], expected: dict[TP, int | None]
-    ) -> None:
-        """Fold `events`, store `positions`; raise Fenced if the stored ones are not `expected`."""
-
-    async def close(self) -> None:
-        """Release connections."""
-
-
-@dataclass
-class Progress:
-    events: int
-    rate: float  # events/s over the last interval
-    lag: int
+CHECKPOINT_POLL_S = 1.0  # how often an idle live runner compares stored checkpoints
 
 
 class Runner:

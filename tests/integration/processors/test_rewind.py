@@ -17,8 +17,9 @@ from confluent_kafka import Consumer, TopicPartition
 from infra.settings import InfraSettings
 from processors.__main__ import _rewound
 from processors.pg_projection import PostgresProjection
+from processors.projection import projection_topics
 from processors.rebuild import rewind
-from processors.runner import Runner, projection_topics
+from processors.runner import Runner
 from processors.script import EPOCH, workload
 from tests.integration.processors.support import processor_settings, publish
 
