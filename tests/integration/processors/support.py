@@ -64,19 +64,16 @@ async def fold_to_end(settings: ProcessorSettings, *, search: bool = False) -> i
     return folded
 
 
-def with_answers(settings: InfraSettings, events: list[Event]) -> list[Event | RawRecord]:
+def with_answers(settings: InfraSettings, events: Iterable[Event]) -> list[Event | RawRecord]:
     """`events` as a replica writes them: each final carries its attempt's text (v2) and is
     also written, right after, to chat.answers."""
+    texts: dict[tuple[str, int], list[str]] = {}
     out: list[Event | RawRecord] = []
     for e in events:
+        if isinstance(e, TokenChunk):
+            texts.setdefault((e.request_id, e.attempt), []).append(e.text)
         if isinstance(e, CompletionFinished) and e.text is None:
-            text = "".join(
-                c.text
-                for c in events
-                if isinstance(c, TokenChunk) and c.request_id == e.request_id
-                and c.attempt == e.attempt
-            )  # fmt: skip
-            e = replace(e, text=text)
+            e = replace(e, text="".join(texts.get((e.request_id, e.attempt), [])))
         out.append(e)
         if isinstance(e, CompletionFinished):
             value, headers = encode(e)
