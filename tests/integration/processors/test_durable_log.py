@@ -14,8 +14,8 @@ import pytest
 from infra.clients import pg_connect
 from infra.settings import InfraSettings
 from processors.errors import RebuildRefused
-from processors.readout import postgres_digest
-from processors.rebuild import rebuild_postgres
+from processors.readout import postgres_digest, search_documents
+from processors.rebuild import rebuild_postgres, rebuild_search
 from processors.script import Clock, exchange
 from schemas.events import (
     ChatMessage,
@@ -81,8 +81,8 @@ async def test_a_rebuild_after_the_chunks_expired_reproduces_every_stored_messag
     settings,
 ) -> None:
     publish(settings, with_answers(settings, traffic(Clock())))
-    await fold_to_end(settings)
-    live, rows = postgres_digest(settings), _messages(settings)
+    await fold_to_end(settings, search=True)
+    live, rows, docs = postgres_digest(settings), _messages(settings), search_documents(settings)
     assert ("r0b:assistant", "assistant", "second attempt", "finished", 2) in rows
     assert ("r1b:assistant", "assistant", "Once", "cancelled", 1) in rows
     assert len(rows) == 2 * 7 + 2 + 3  # 5 live conversations' turns + r9's context
@@ -93,6 +93,9 @@ async def test_a_rebuild_after_the_chunks_expired_reproduces_every_stored_messag
     await rebuild_postgres(settings, quiet=True)
     assert _messages(settings) == rows
     assert postgres_digest(settings) == live
+    await rebuild_search(settings, quiet=True)
+    assert search_documents(settings) == docs
+    assert {"second attempt", "terse", "how are you?"} <= {d["content"] for d in docs}
 
 
 async def test_a_rebuild_refuses_when_a_prompt_lost_its_outcome(settings) -> None:
@@ -120,3 +123,5 @@ async def test_a_rebuild_refuses_when_chat_conversations_lost_its_beginning(sett
         await rebuild_postgres(settings, quiet=True)
     assert f"{settings.topics.conversations}[{truncated[0]}]" in str(refused.value)
     assert postgres_digest(settings) == live
+    with pytest.raises(RebuildRefused, match="no longer starts at its beginning"):
+        await rebuild_search(settings, quiet=True)
