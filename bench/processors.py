@@ -3,7 +3,8 @@
     CHATLOG_TEST_KEEP=1 .venv/bin/python -m bench.processors --conversations 3000
 
 Uses the test stack (the harness: a private topic prefix, database and index prefix,
-removed afterwards). Events are the `processors.script.workload` mix: ~90% TokenChunk.
+removed afterwards). Events are the `processors.script.workload` mix: ~90% TokenChunk,
+each final also on chat.answers with its text, as replicas write them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from processors.runner import Runner
 from processors.script import workload
 from processors.search_projection import SearchProjection
 from processors.settings import ProcessorSettings
-from tests.integration.processors.support import processor_settings, publish
+from tests.integration.processors.support import processor_settings, publish, with_answers
 
 
 async def fold(
@@ -44,7 +45,9 @@ def main() -> None:
     with provide_services() as services, isolated_settings(services, "bench_processors") as infra:
         settings = processor_settings(infra)
         t0 = time.perf_counter()
-        events = list(workload(args.conversations, chunks_per_request=args.chunks))
+        events = with_answers(
+            settings, workload(args.conversations, chunks_per_request=args.chunks)
+        )
         publish(settings, events)
         print(f"published {len(events):,} events in {time.perf_counter() - t0:.1f}s")
 

@@ -62,7 +62,8 @@ class ReadModel:
     async def history(
         self, conversation_id: str, up_to_request: str | None = None
     ) -> list[ChatMessage]:
-        """The conversation's turns, oldest first: user prompts and finished answers.
+        """The conversation's turns, oldest first: the context its first prompt brought
+        (system, user, assistant messages), user prompts and finished answers.
 
         With `up_to_request`, only the turns up to and including that request (a branch).
         """
@@ -77,7 +78,7 @@ class ReadModel:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT role, content FROM chatlog.messages WHERE conversation_id = %s"
-                " AND (role = 'user' OR (role = 'assistant' AND status = 'finished'))"
+                " AND (role <> 'assistant' OR status = 'finished')"
                 + cutoff
                 + " ORDER BY created_at, id",
                 params,
@@ -96,11 +97,15 @@ class ReadModel:
 
 
 def compose(history: list[ChatMessage], new: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
-    """Full context = the new system messages, the history, then the other new messages.
+    """Full context = the system messages, the history, then the other new messages.
 
-    The read model keeps only each prompt's last (user) message, so a system prompt must
-    be re-sent by the client to persist; it goes first, where a model expects it.
+    The read model keeps the first prompt's whole context (its system prompt too) and each
+    later prompt's last message. A system message sent with this turn replaces the stored
+    one (no duplicate instructions); either way it goes first, where a model expects it.
     """
     system = [m for m in new if m.role == "system"]
+    if not system:
+        system = [m for m in history if m.role == "system"]
+    turns = [m for m in history if m.role != "system"]
     rest = [m for m in new if m.role != "system"]
-    return (*system, *history, *rest)
+    return (*system, *turns, *rest)

@@ -9,7 +9,23 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from datetime import UTC, datetime
 from typing import Any
+
+
+def iso_timestamp(text: str) -> datetime:
+    """An ISO-8601 time (UTC when it names no zone), or argparse's error naming the option.
+
+    Parsed here, before the processors start: the error then comes from the command the
+    operator typed (`chatlog replay`), not from the `python -m processors` it runs.
+    """
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO-8601 time (e.g. 2026-12-01T20:00:00Z)"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def register(sub: Any) -> None:
@@ -20,7 +36,10 @@ def register(sub: Any) -> None:
     when = replay.add_mutually_exclusive_group()
     when.add_argument("--from-beginning", action="store_true", help="full rebuild (default)")
     when.add_argument(
-        "--from-timestamp", metavar="ISO-8601", help="rewind the live checkpoints to T instead"
+        "--from-timestamp",
+        type=iso_timestamp,
+        metavar="ISO-8601",
+        help="rewind the live checkpoints to T instead",
     )
     replay.set_defaults(func=cmd_replay)
 
@@ -39,7 +58,8 @@ def _processors(*args: str) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    extra = ["--from-timestamp", args.from_timestamp] if args.from_timestamp else []
+    when = args.from_timestamp
+    extra = ["--from-timestamp", when.isoformat()] if when else []
     return _processors("replay", "--projection", args.projection, *extra)
 
 

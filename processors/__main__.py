@@ -13,6 +13,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from infra.cli_projections import iso_timestamp
+from processors.errors import RebuildRefused
 from processors.settings import ProcessorSettings
 
 
@@ -24,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--projection", choices=["postgres", "search"], required=True)
     when = replay.add_mutually_exclusive_group()
     when.add_argument("--from-beginning", action="store_true", default=True)
-    when.add_argument("--from-timestamp", type=datetime.fromisoformat, metavar="ISO-8601")
+    when.add_argument("--from-timestamp", type=iso_timestamp, metavar="ISO-8601")
     replay.add_argument("--quiet", action="store_true")
     digest = sub.add_parser("digest", help="a stable hash of a read model's content")
     digest.add_argument("--projection", choices=["postgres", "search"], default="postgres")
@@ -86,18 +88,31 @@ def _replay(settings: ProcessorSettings, args: argparse.Namespace) -> int:
     from processors import rebuild
 
     if args.from_timestamp is not None:
-        since = args.from_timestamp
-        since = since if since.tzinfo else since.replace(tzinfo=UTC)
-        asyncio.run(rebuild.rewind(settings, args.projection, since))
-        sys.stdout.write(f"{args.projection}: checkpoints rewound to {since.isoformat()}\n")
+        since: datetime = args.from_timestamp
+        events = asyncio.run(rebuild.rewind(settings, args.projection, since))
+        sys.stdout.write(_rewound(args.projection, since, events) + "\n")
         return 0
     fn = rebuild.rebuild_postgres if args.projection == "postgres" else rebuild.rebuild_search
     started = datetime.now(UTC)
-    events = asyncio.run(fn(settings, quiet=args.quiet))
+    try:
+        events = asyncio.run(fn(settings, quiet=args.quiet))
+    except RebuildRefused as exc:
+        sys.stderr.write(f"\n{args.projection} replay refused: {exc}\n")
+        return 3
     took = (datetime.now(UTC) - started).total_seconds()
     sys.stdout.write(f"\n{args.projection}: rebuilt from {events} events in {took:.1f}s "
                      f"({events / max(took, 1e-9):,.0f} events/s), switched\n")  # fmt: skip
     return 0
+
+
+def _rewound(projection: str, since: datetime, events: int) -> str:
+    """What a rewind did, in words: never "rewound" when nothing was."""
+    when = since.isoformat()
+    if events:
+        return f"{projection}: checkpoints rewound to {when}; {events:,} events to fold again"
+    if since > datetime.now(UTC):
+        return f"{projection}: nothing rewound: {when} is in the future"
+    return f"{projection}: nothing rewound: no event at or after {when} was folded yet"
 
 
 if __name__ == "__main__":

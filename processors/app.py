@@ -16,7 +16,8 @@ import faust
 from infra.clients import ensure_search_index
 from processors import metrics
 from processors.pg_projection import PostgresProjection
-from processors.runner import Projection, Runner
+from processors.projection import Projection
+from processors.runner import Runner
 from processors.search_projection import SearchProjection
 from processors.settings import ProcessorSettings
 

@@ -26,3 +26,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, KafkaError):
         return bool(getattr(exc, "retriable", True))
     return isinstance(exc, SearchUnavailable | OSError | TimeoutError)
+
+
+class RebuildRefused(Exception):
+    """A rebuild would switch in a read model that lacks part of the log: it does not."""

@@ -34,6 +34,7 @@ from schemas.events import (
 
 TERMINAL = frozenset({"finished", "cancelled", "failed"})
 ASSISTANT_AFTER_USER = timedelta(milliseconds=1)
+CONTEXT_STEP = timedelta(microseconds=1)  # between a first prompt's context messages
 
 ChunkKey = tuple[int, int]  # (attempt, seq)
 
@@ -69,11 +70,18 @@ class RequestRow:
     drop_chunks_below: int | None = None
     held: dict[ChunkKey, tuple[str, int]] = field(default_factory=dict)
     held_dirty: bool = False
-    user_message: tuple[str, datetime] | None = None
+    # The prompt's messages to store, (id, role, content, created_at): the last one, or the
+    # whole context of a first prompt.
+    user_messages: list[tuple[str, str, str, datetime]] = field(default_factory=list)
 
     @property
     def prompted(self) -> bool:
         return self.user_id != ""
+
+    @property
+    def final(self) -> bool:
+        """The current attempt has ended: its stored answer no longer changes."""
+        return self.status in TERMINAL
 
 
 @dataclass
@@ -166,7 +174,8 @@ def request(state: FoldState, event: Event, request_id: str) -> RequestRow:
 
 def _prompt(state: FoldState, p: PromptSubmitted) -> None:
     conv = conversation(state, p.conversation_id)
-    if not conv.exists:
+    first = not conv.exists
+    if first:
         conv.exists = True
         conv.user_id = p.user_id
         conv.created_at = p.occurred_at
@@ -186,9 +195,31 @@ def _prompt(state: FoldState, p: PromptSubmitted) -> None:
     req.created_at = p.occurred_at
     req.message_created_at = p.occurred_at + ASSISTANT_AFTER_USER
     req.updated_at = max(req.updated_at, p.occurred_at)
-    content = p.messages[-1].content if p.messages else ""
-    req.user_message = (content, p.occurred_at)
+    req.user_messages = _prompt_messages(p, first=first)
     req.dirty = True
+
+
+def _prompt_messages(p: PromptSubmitted, *, first: bool) -> list[tuple[str, str, str, datetime]]:
+    """(id, role, content, created_at) of the messages a prompt adds to the conversation.
+
+    A continued turn's context is the stored history plus one new message: only that one
+    is new. A first prompt's context is the client's own conversation (`[system, user,
+    assistant, user]` in OpenAI usage): all of it is history, each message a microsecond
+    before the next, so the read model orders them as sent and the last one keeps the
+    prompt's own time. The new message is `<request_id>:user` (as it always was); the
+    context before it is `<request_id>:ctx<i>` under its own role.
+    """
+    rid = p.request_id
+    last = p.messages[-1].content if p.messages else ""
+    context = p.messages[:-1] if first else ()
+    n = len(context)
+    return [
+        *(
+            (f"{rid}:ctx{i:03d}", m.role, m.content, p.occurred_at - CONTEXT_STEP * (n - i))
+            for i, m in enumerate(context)
+        ),
+        (f"{rid}:user", "user", last, p.occurred_at),
+    ]
 
 
 def _rename(state: FoldState, r: ConversationRenamed) -> None:
@@ -222,6 +253,11 @@ def _completion(
         return  # a lower attempt lost
     if e.attempt > req.attempt:
         _restart(req, e.attempt)
+    if isinstance(e, TokenChunk):
+        _chunk(req, e)  # kept for resumed streams even after the final: see _chunk
+        return
+    if req.final:
+        return  # the attempt's final came first (from chat.answers) or this is a duplicate
     req.updated_at = max(req.updated_at, e.occurred_at)
     req.dirty = True
     if isinstance(e, CompletionStarted):
@@ -229,15 +265,19 @@ def _completion(
             req.model = e.model
         if req.status == "queued":
             req.status = "streaming"
-    elif isinstance(e, TokenChunk):
-        _chunk(req, e)
     else:
         _terminal(state, req, e)
 
 
 def _chunk(req: RequestRow, c: TokenChunk) -> None:
+    """Append a chunk in seq order. After its attempt's final the chunk still joins the
+    `chunks` table (a finished stream resumes from there) but never the answer, whose text
+    the final fixed: so a chunk read after the final, or never (expired), changes nothing."""
     if c.seq <= req.last_seq:
         return  # a duplicate
+    req.dirty = True
+    if not req.final:
+        req.updated_at = max(req.updated_at, c.occurred_at)
     if c.seq > req.last_seq + 1:
         if (c.attempt, c.seq) not in req.held:
             req.held[(c.attempt, c.seq)] = (c.text, c.token_count)
@@ -253,10 +293,11 @@ def _chunk(req: RequestRow, c: TokenChunk) -> None:
 
 
 def _append(req: RequestRow, attempt: int, seq: int, text: str, tokens: int) -> None:
-    req.appended.append(text)
     req.new_chunks.append((attempt, seq, text, tokens))
     req.last_seq = seq
-    req.tokens += tokens
+    if not req.final:
+        req.appended.append(text)
+        req.tokens += tokens
 
 
 def _terminal(state: FoldState, req: RequestRow, e: CompletionFinished | CompletionFailed) -> None:
@@ -268,6 +309,9 @@ def _terminal(state: FoldState, req: RequestRow, e: CompletionFinished | Complet
             "completion_tokens": e.usage.completion_tokens,
         }
         req.ttft_ms = e.ttft_ms
+        if e.text is not None:  # v2: the attempt's whole answer, whatever chunks we have
+            req.reset, req.appended = True, [e.text]
+            req.tokens = e.usage.completion_tokens
     else:
         req.status = "failed"
         req.error = {"code": e.error_code, "message": e.message, "retryable": e.retryable}

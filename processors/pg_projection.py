@@ -1,4 +1,4 @@
-"""The Postgres projection: chat.conversations + chat.completions -> the `chatlog` tables."""
+"""The Postgres projection: chat.conversations, chat.completions, chat.answers -> `chatlog`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from processors.checkpoints import fence, read_checkpoints, write_checkpoints
 from processors.fold import fold_batch
 from processors.pg_session import PgSession
 from processors.pg_store import LIVE_SCHEMA, load_state, write_state
+from processors.scrub import scrub
 from processors.settings import ProcessorSettings
 from schemas.events import (
     CompletionFailed,
@@ -48,6 +49,7 @@ class PostgresProjection:
         self, events: list[Event], positions: dict[TP, int], expected: dict[TP, int | None]
     ) -> None:
         conn = await self.connection()
+        events = [scrub(e) for e in events]  # U+0000 -> U+FFFD: stored, never dead-lettered
         request_ids = sorted(
             {
                 e.request_id

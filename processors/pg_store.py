@@ -191,20 +191,22 @@ async def _write_assistant_messages(conn: AConn, s: str, rows: list[RequestRow])
 
 
 async def _write_user_messages(conn: AConn, s: str, rows: list[RequestRow]) -> None:
-    part = [r for r in rows if r.user_message is not None]
+    part = [(r, m) for r in rows for m in r.user_messages]
     if not part:
         return
     await conn.execute(
         f"INSERT INTO {s}.messages (id, conversation_id, request_id, role, content, status,"
         f" attempt, last_seq, tokens, created_at, finished_at)"
-        f" SELECT a || ':user', b, a, 'user', c, 'finished', 0, -1, 0, d, d FROM unnest("
-        f" %s::text[], %s::text[], %s::text[], %s::timestamptz[]) AS x(a, b, c, d)"
-        f" ON CONFLICT (id) DO NOTHING",
+        f" SELECT a, b, c, d, e, 'finished', 0, -1, 0, f, f FROM unnest("
+        f" %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[])"
+        f" AS x(a, b, c, d, e, f) ON CONFLICT (id) DO NOTHING",
         [
-            [r.request_id for r in part],
-            [r.conversation_id for r in part],
-            [r.user_message[0] for r in part if r.user_message],
-            [r.user_message[1] for r in part if r.user_message],
+            [m[0] for _, m in part],
+            [r.conversation_id for r, _ in part],
+            [r.request_id for r, _ in part],
+            [m[1] for _, m in part],
+            [m[2] for _, m in part],
+            [m[3] for _, m in part],
         ],
     )
 

@@ -14,7 +14,10 @@ from processors.pg_store import LIVE_SCHEMA, checked_schema
 from processors.settings import ProcessorSettings
 from schemas.resources import MESSAGES_INDEX
 
-# Content columns only: no positions, no generated columns. Ordered by primary key.
+# Content columns only: no positions, no generated columns. Ordered by primary key. The
+# durable content: what chat.conversations and chat.answers (kept forever) determine, so a
+# rebuild after chat.completions' chunks expired has the same digest. Stream bookkeeping
+# (the chunks a finished stream resumes from, `messages.last_seq`) is in STREAM_TABLES.
 DIGEST_TABLES: dict[str, tuple[str, str]] = {
     "conversations": (
         "id, user_id, title, status, created_at, updated_at, last_request_id, title_at,"
@@ -22,12 +25,10 @@ DIGEST_TABLES: dict[str, tuple[str, str]] = {
         "id",
     ),
     "messages": (
-        "id, conversation_id, request_id, role, content, status, attempt, last_seq, tokens,"
+        "id, conversation_id, request_id, role, content, status, attempt, tokens,"
         " created_at, finished_at",
         "id",
     ),
-    "chunks": ("request_id, attempt, seq, text, token_count", "request_id, attempt, seq"),
-    "held_chunks": ("request_id, attempt, seq, text, token_count", "request_id, attempt, seq"),
     "completions": (
         "request_id, conversation_id, user_id, status, model, attempt, finish_reason, usage,"
         " ttft_ms, error, created_at, updated_at",
@@ -35,21 +36,34 @@ DIGEST_TABLES: dict[str, tuple[str, str]] = {
     ),
     "deleted_conversations": ("conversation_id, deleted_at", "conversation_id"),
 }
+STREAM_TABLES: dict[str, tuple[str, str]] = {
+    "chunks": ("request_id, attempt, seq, text, token_count", "request_id, attempt, seq"),
+    "held_chunks": ("request_id, attempt, seq, text, token_count", "request_id, attempt, seq"),
+    "message_positions": ("id, last_seq", "id"),
+}
+_TABLE_OF = {"message_positions": "messages"}
 
 
-def postgres_digest(settings: ProcessorSettings, schema: str = LIVE_SCHEMA) -> dict[str, str]:
-    """sha256 per table of its rows in key order, plus `all` over the tables."""
+def postgres_digest(
+    settings: ProcessorSettings, schema: str = LIVE_SCHEMA, *, streams: bool = False
+) -> dict[str, str]:
+    """sha256 per table of its rows in key order, plus `all` over the tables.
+
+    `streams` adds the stream bookkeeping (equal too, where no chunk has expired).
+    """
     s = checked_schema(schema)
     out: dict[str, str] = {}
+    tables = {**DIGEST_TABLES, **(STREAM_TABLES if streams else {})}
     with psycopg.connect(settings.postgres_url) as conn:
         conn.execute("SET TIME ZONE 'UTC'")
-        for table, (cols, key) in DIGEST_TABLES.items():
+        for name, (cols, key) in tables.items():
+            table = _TABLE_OF.get(name, name)
             h = hashlib.sha256()
-            with conn.cursor(name=f"digest_{table}") as cur:
+            with conn.cursor(name=f"digest_{name}") as cur:
                 cur.execute(f"SELECT ({cols})::text FROM {s}.{table} t ORDER BY {key}")  # type: ignore[arg-type]
                 for (row,) in cur:
                     h.update(row.encode() + b"\n")
-            out[table] = h.hexdigest()
+            out[name] = h.hexdigest()
     out["all"] = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()
     return out
 

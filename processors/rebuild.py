@@ -12,8 +12,12 @@ Search: index into `<messages>_next`, then Meilisearch's atomic index swap, then
 rebuild's checkpoints onto the live name in the same Postgres transaction.
 
 `--from-timestamp T` rewinds the live checkpoints to the first offsets at or after T
-instead (an in-place replay; the folds are idempotent, and the live projector's fence
-makes it seek there at once).
+instead (an in-place replay; the folds are idempotent, and the idle live projector sees
+its checkpoints moved within a second and seeks there; a busy one is fenced at its next
+batch).
+
+A rebuild refuses to switch (RebuildRefused) when the log it folds lost its beginning: see
+`processors.coverage`.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from processors.checkpoints import LOCK_KEYS, read_checkpoints, write_checkpoints
+from processors.coverage import check_log_start, check_outcomes
 from processors.pg_projection import PostgresProjection
 from processors.pg_store import LIVE_SCHEMA
-from processors.runner import Progress, Runner
+from processors.projection import Progress, projection_topics
+from processors.runner import Runner
 from processors.search_projection import SearchProjection, ensure_index
 from processors.settings import ProcessorSettings
 from schemas.resources import MESSAGES_INDEX, read_model_ddl
@@ -72,7 +78,11 @@ async def _lock_live(conn: AConn, *projections: str) -> None:
 
 
 async def rebuild_postgres(settings: ProcessorSettings, *, quiet: bool = False) -> int:
-    """Rebuild the Postgres read model from the beginning of the log, then switch."""
+    """Rebuild the Postgres read model from the beginning of the log, then switch.
+
+    Raises RebuildRefused (and keeps the live model) when the log lost part of its past.
+    """
+    log_start = await check_log_start(settings)
     async with await psycopg.AsyncConnection.connect(settings.postgres_url, autocommit=True) as c:
         await c.execute(f"DROP SCHEMA IF EXISTS {NEXT_SCHEMA} CASCADE")
         for sql in schema_ddl(NEXT_SCHEMA):
@@ -96,6 +106,7 @@ async def rebuild_postgres(settings: ProcessorSettings, *, quiet: bool = False) 
     )
     try:
         await runner.run()
+        await check_outcomes(switch, NEXT_SCHEMA, log_start)  # raising rolls the switch back
         await switch.execute(
             f"INSERT INTO {NEXT_SCHEMA}.projection_checkpoints"
             f" SELECT * FROM {LIVE_SCHEMA}.projection_checkpoints"
@@ -126,7 +137,12 @@ async def drop_old_schema(settings: ProcessorSettings) -> None:
 
 
 async def rebuild_search(settings: ProcessorSettings, *, quiet: bool = False) -> int:
-    """Rebuild the search index from the beginning of the log into a new index, swap."""
+    """Rebuild the search index from the beginning of the log into a new index, swap.
+
+    Its documents come from the Postgres read model; the log must still start at its
+    beginning (RebuildRefused otherwise), since its events say which documents to write.
+    """
+    await check_log_start(settings)
     live = settings.index_name(MESSAGES_INDEX)
     nxt = f"{live}_next"
     projection = SearchProjection(settings, index=nxt, checkpoint_name="search_next")
@@ -176,13 +192,17 @@ def _drop_index(client: Any, name: str) -> None:
     client.wait_for_task(task.task_uid, timeout_in_ms=60_000)
 
 
-async def rewind(settings: ProcessorSettings, projection: str, since: datetime) -> None:
-    """Set a projection's live checkpoints to the first offsets at or after `since`."""
+async def rewind(settings: ProcessorSettings, projection: str, since: datetime) -> int:
+    """Set a projection's live checkpoints to the first offsets at or after `since`.
+
+    Returns how many events the projection will fold again (0: nothing was rewound). The
+    running projector notices within a second, even when no new record arrives.
+    """
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     await consumer.start()
     try:
         cluster = await consumer._client.fetch_all_metadata()
-        topics = [settings.topics.conversations, settings.topics.completions]
+        topics = projection_topics(settings)
         tps = [TopicPartition(t, p) for t in topics for p in cluster.partitions_for_topic(t) or ()]
         found = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
         ends = await consumer.end_offsets(tps)
@@ -198,6 +218,6 @@ async def rewind(settings: ProcessorSettings, projection: str, since: datetime) 
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEYS[projection],))
         current = await read_checkpoints(conn, projection)
         # Only ever backwards: a projection behind `since` must not skip what it lacks.
-        await write_checkpoints(
-            conn, projection, {tp: min(o, current.get(tp, 0)) for tp, o in positions.items()}
-        )
+        rewound = {tp: o for tp, o in positions.items() if o < current.get(tp, 0)}
+        await write_checkpoints(conn, projection, rewound)
+    return sum(current.get(tp, 0) - o for tp, o in rewound.items())

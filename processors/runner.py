@@ -17,8 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -28,6 +27,7 @@ from infra.dlq import dlq_headers
 from processors import metrics
 from processors.checkpoints import Fenced
 from processors.errors import is_transient
+from processors.projection import Progress, Projection, projection_topics
 from processors.settings import ProcessorSettings
 from schemas.codec import EVENT_TYPE_HEADER, decode
 from schemas.errors import EventDecodeError
@@ -38,35 +38,11 @@ TP = tuple[str, int]
 Item = tuple[ConsumerRecord[bytes, bytes], Event | None]  # None: dead-lettered already
 
 
-class Projection(Protocol):
-    """A read model fed by the loop. `apply` is one transaction: rows plus checkpoints."""
-
-    name: str
-    batch_max_events: int  # one fetch, one fold, one transaction
-    batch_wait_ms: int  # how long a fetch waits to fill a batch
-    event_types: frozenset[str] | None  # the only types it reads (by header); None = all
-
-    async def stored_positions(self) -> dict[TP, int]:
-        """The stored checkpoints (topic, partition) -> next offset."""
-
-    async def apply(
-        self, events: list[Event], positions: dict[TP, int], expected: dict[TP, int | None]
-    ) -> None:
-        """Fold `events`, store `positions`; raise Fenced if the stored ones are not `expected`."""
-
-    async def close(self) -> None:
-        """Release connections."""
-
-
-@dataclass
-class Progress:
-    events: int
-    rate: float  # events/s over the last interval
-    lag: int
+CHECKPOINT_POLL_S = 1.0  # how often an idle live runner compares stored checkpoints
 
 
 class Runner:
-    """Runs one projection over chat.conversations and chat.completions.
+    """Runs one projection over chat.conversations, chat.completions and chat.answers.
 
     With `group` it joins that consumer group (live); without, it assigns every partition
     itself (a rebuild) and, with `stop_at_lag`, returns once that close to the log end, or,
@@ -94,8 +70,11 @@ class Runner:
         self.max_events = max_events or projection.batch_max_events
         self.wait_ms = projection.batch_wait_ms if wait_ms is None else wait_ms
         self.targets: dict[TP, int] | None = None
-        self.topics = [settings.topics.conversations, settings.topics.completions]
+        self.topics = projection_topics(settings)
         self.base: dict[TP, int | None] = {}
+        # Where a partition without a checkpoint starts: its first retained offset, > 0 once
+        # chat.completions' chunks expired. Only for positions (lag, targets), not fences.
+        self.floor: dict[TP, int] = {}
         self.folded = 0
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
@@ -104,6 +83,7 @@ class Runner:
         # A rebalance's seek and a batch never interleave (both await Postgres).
         self._exclusive = asyncio.Lock()
         self._generation = 0  # bumped by every seek: batches fetched before it are stale
+        self._checked_at = 0.0  # when an idle live runner last compared stored checkpoints
 
     def stop(self) -> None:
         self._stopping.set()
@@ -156,6 +136,8 @@ class Runner:
                     inflight = asyncio.create_task(self._process(items))
                 elif items:  # a seek ran while they were fetched: read again from checkpoints
                     await self.seek(list(consumer.assignment()))
+                elif self.group:
+                    await self._follow_moved_checkpoints(consumer)
                 # With a batch in flight `base` trails by it: lag reads high, never low.
                 lag = await self._observe(consumer, idle=not items)
                 if await self._reached_the_end(lag):
@@ -164,9 +146,30 @@ class Runner:
             if inflight is not None:
                 await inflight
 
+    async def _follow_moved_checkpoints(self, consumer: AIOKafkaConsumer) -> None:
+        """Idle: if the stored checkpoints moved (`replay --from-timestamp`, a rebuild's
+        switch), seek to them now rather than when the next record arrives (a quiet system
+        may send none for hours). One small SELECT per `CHECKPOINT_POLL_S` while idle."""
+        now = time.monotonic()
+        if now - self._checked_at < CHECKPOINT_POLL_S:
+            return
+        self._checked_at = now
+        async with self._exclusive:
+            stored = await self._retry_transient(self.projection.stored_positions)
+            assigned = list(consumer.assignment())
+            moved = [
+                tp
+                for tp in assigned
+                if (key := (tp.topic, tp.partition)) in stored and stored[key] != self.base.get(key)
+            ]
+            if moved:
+                log.info("%s: stored checkpoints moved on %d partitions: seeking there",
+                         self.projection.name, len(moved))  # fmt: skip
+                await self._seek(assigned)
+
     async def _reached_the_end(self, lag: int | None) -> bool:
         if self.targets is not None:
-            return all((self.base.get(tp) or 0) >= o for tp, o in self.targets.items())
+            return all(self.position(tp) >= o for tp, o in self.targets.items())
         if self.stop_at_lag is not None and lag is not None and lag <= self.stop_at_lag:
             if self.on_near_end is None:
                 return True
@@ -207,13 +210,21 @@ class Runner:
         assert self._consumer is not None
         self._generation += 1
         stored = await self._retry_transient(self.projection.stored_positions)
+        fresh = [tp for tp in tps if (tp.topic, tp.partition) not in stored]
+        starts = await self._consumer.beginning_offsets(fresh) if fresh else {}
         for tp in tps:
             offset = stored.get((tp.topic, tp.partition))
             self.base[(tp.topic, tp.partition)] = offset
             if offset is None:
+                self.floor[(tp.topic, tp.partition)] = starts.get(tp, 0)
                 await self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek(tp, offset)
+
+    def position(self, tp: TP) -> int:
+        """The next offset to fold on `tp` (its first retained one before any is folded)."""
+        base = self.base.get(tp)
+        return self.floor.get(tp, 0) if base is None else base
 
     async def _process(self, items: list[Item]) -> None:
         async with self._exclusive:
@@ -357,7 +368,7 @@ class Runner:
         ends = await consumer.end_offsets(assigned) if assigned else {}
         lag = 0
         for tp in assigned:
-            position = self.base.get((tp.topic, tp.partition)) or 0
+            position = self.position((tp.topic, tp.partition))
             behind = max(ends.get(tp, 0) - position, 0)
             lag += behind
             metrics.LAG.labels(self.projection.name, tp.topic, str(tp.partition)).set(behind)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable
+from dataclasses import replace
 
-from confluent_kafka import Producer
+from confluent_kafka import Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from infra.clients import producer_config
 from infra.settings import InfraSettings
@@ -15,7 +17,7 @@ from processors.runner import Runner
 from processors.search_projection import SearchProjection
 from processors.settings import ProcessorSettings
 from schemas.codec import Headers, encode
-from schemas.events import ConversationEvent, Event
+from schemas.events import CompletionFinished, ConversationEvent, Event, TokenChunk
 
 RawRecord = tuple[str, bytes, bytes | None, Headers]  # topic, key, value, headers
 
@@ -60,6 +62,33 @@ async def fold_to_end(settings: ProcessorSettings, *, search: bool = False) -> i
             await projection.close()
         folded += runner.folded
     return folded
+
+
+def with_answers(settings: InfraSettings, events: Iterable[Event]) -> list[Event | RawRecord]:
+    """`events` as a replica writes them: each final carries its attempt's text (v2) and is
+    also written, right after, to chat.answers."""
+    texts: dict[tuple[str, int], list[str]] = {}
+    out: list[Event | RawRecord] = []
+    for e in events:
+        if isinstance(e, TokenChunk):
+            texts.setdefault((e.request_id, e.attempt), []).append(e.text)
+        if isinstance(e, CompletionFinished) and e.text is None:
+            e = replace(e, text="".join(texts.get((e.request_id, e.attempt), [])))
+        out.append(e)
+        if isinstance(e, CompletionFinished):
+            value, headers = encode(e)
+            out.append((settings.topics.answers, e.key.encode(), value, headers))
+    return out
+
+
+def delete_all_records(settings: InfraSettings, topic: str) -> dict[int, int]:
+    """Delete every record of `topic` (as retention would): partition -> new low watermark."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    futures = admin.delete_records(
+        [TopicPartition(topic, p, -1) for p in partitions], operation_timeout=30
+    )
+    return {tp.partition: f.result(60).low_watermark for tp, f in futures.items()}
 
 
 def subprocess_env(settings: InfraSettings, **extra: str) -> dict[str, str]:

@@ -80,7 +80,7 @@ def test_sigkill_mid_batch_then_restart_equals_a_rebuild_and_readers_never_see_a
         while _folded(settings) < total:
             assert time.monotonic() < deadline, f"restart did not catch up; see {log}"
             time.sleep(0.2)
-        live = postgres_digest(settings)
+        live = postgres_digest(settings, streams=True)
         with psycopg.connect(settings.postgres_url) as conn:
             expected = conn.execute(READ).fetchone()
 
@@ -98,7 +98,7 @@ def test_sigkill_mid_batch_then_restart_equals_a_rebuild_and_readers_never_see_a
             stop.set()
             reader.join()
         assert rebuild.returncode == 0, rebuild.stderr.decode()[-2000:]
-        assert postgres_digest(settings) == live
+        assert postgres_digest(settings, streams=True) == live
         assert len(observations) > 10
         assert {o for o in observations} == {expected}, "a reader saw a partial read model"
         # The live projector, fenced off by the switch, carries on from the new checkpoints.
