@@ -129,18 +129,23 @@ class Checker:
         return str(st["status"])
 
     async def check_deleted(self, req: Any) -> str:
-        """A deleted conversation's history and its requests' status answer 404."""
-        for url in (f"/v1/conversations/{req.conversation_id}/messages",
-                    f"/v1/chat/completions/{req.id}"):  # fmt: skip
+        """A deleted conversation's history, its requests' status and a newly opened
+        stream answer 404 (issue #12 item 6)."""
+        for what, url in (
+            ("history", f"/v1/conversations/{req.conversation_id}/messages"),
+            ("status", f"/v1/chat/completions/{req.id}"),
+            ("a new stream", f"/v1/chat/completions/{req.id}/stream"),
+        ):
 
             async def gone(url: str = url) -> tuple[bool, Any]:
                 resp = await self.get(req, url)
-                return resp is not None and resp.status_code == 404, (
-                    resp and (resp.status_code, resp.text[:120]))  # fmt: skip
+                if resp is None:
+                    return False, "no answer"
+                return resp.status_code == 404, f"{resp.status_code} {resp.text[:70]!r}"
 
             ok, last = await self.until(gone, timeout_s=60)
             if not ok:
-                self.fail(f"{req.id}: GET {url} after the delete answers {last}, not 404")
+                self.fail(f"{req.id}: {what} of a deleted conversation answers {last}, not 404")
         return "deleted"
 
     def check_log(self, requests: list[Any]) -> None:
@@ -174,7 +179,7 @@ class Checker:
                   f" {[(f.kind, f.attempt, f.detail, f.event_id[:8]) for f in every]}")  # fmt: skip
         return False
 
-    async def open_subscribers(self) -> float | None:
+    async def open_subscribers(self) -> int | None:
         async def zero() -> tuple[bool, Any]:
             try:
                 resp = await self.queries[0].get("/metrics")
@@ -187,7 +192,7 @@ class Checker:
             return False, None
 
         _ok, value = await self.until(zero, timeout_s=60)
-        return float(value) if value is not None else None
+        return int(value) if value is not None else None
 
     def check_digest(self) -> None:
         try:
