@@ -3,10 +3,12 @@ check that nothing acknowledged was lost, doubled or garbled.
 
 For `--duration` seconds, `--clients` concurrent clients each loop: submit a prompt
 (`Prefer: respond-async`), then stream it to the end, or hang up after a few chunks and
-resume with `Last-Event-ID`, or cancel it mid-stream, or delete its conversation, or never
-look. Meanwhile a fault loop, every `--fault-every` seconds, in turn SIGKILLs the Serve
-replica (Ray restarts it), SIGKILLs and restarts the processors, SIGKILLs and restarts
-the query API, and stops and restarts Kafka. Everything runs on a private Kafka /
+resume with `Last-Event-ID`, or cancel it mid-stream, or delete its conversation (during
+or after the stream), or look only after the chaos (a replay from the start), or (with
+`--outage`) open the stream ~65 s late. Meanwhile a fault loop, every `--fault-every`
+seconds, in turn SIGKILLs the Serve replica (Ray restarts it), SIGKILLs and restarts the
+processors, SIGKILLs and restarts the query API, stops and restarts Kafka, and (with
+`--outage S`) keeps the processors down for S seconds. Everything runs on a private Kafka /
 Postgres / Meilisearch (`tests/e2e/faults.py`), never the shared test stack, with the
 scripted engine, so every answer is known. Only 127.0.0.1 traffic; every loop and wait
 is bounded.
@@ -16,7 +18,8 @@ prompts acknowledged; each with exactly one final event (chat.completions, and
 chat.answers when the replica writes it); every fully streamed text equal to the stored
 one; no stream left open; the read model's digest equal to a fresh rebuild; zero 5xx.
 
-    CHATLOG_TEST_KEEP=1 .venv/bin/python -m bench.chaos --duration 240 --clients 4
+    CHATLOG_TEST_KEEP=1 .venv/bin/python -m bench.chaos --duration 240 --clients 4 \
+        --fault-every 15 --outage 90
 """
 
 from __future__ import annotations
@@ -71,6 +74,10 @@ class Plan:
     clients: int = 4
     fault_every_s: float = 15.0
     seed: int = 12
+    # > 0: one fault of the cycle keeps the processors down this long, and some clients
+    # open their stream only ~65 s after submitting (the hub forgets a finished request
+    # after 60 s: such a stream needs the read model, which is behind)
+    outage_s: float = 0.0
 
 
 @dataclass
@@ -126,9 +133,11 @@ def _openai_error(resp: httpx.Response) -> bool:
 class Client:
     """One user's loop of scenarios (all over HTTP, as a browser would)."""
 
-    def __init__(self, n: int, system: System, key: str, tally: Tally, rng: random.Random):
+    def __init__(self, n: int, system: System, key: str, tally: Tally, plan: Plan):
         headers = {"Authorization": f"Bearer {key}"}
-        self.n, self.tally, self.rng = n, tally, rng
+        self.n, self.tally, self.rng = n, tally, random.Random(plan.seed * 100 + n)
+        self.weights = [40, 25, 15, 10, 10, 10 if plan.outage_s else 0]
+        self.untouched: list[Req] = []
         self.cmd = httpx.AsyncClient(base_url=system.command_url, headers=headers, timeout=30)
         self.query = httpx.AsyncClient(
             base_url=system.query_url, headers=headers, timeout=httpx.Timeout(30, read=40)
@@ -142,7 +151,7 @@ class Client:
         i = 0
         while time.monotonic() < until:
             mode = self.rng.choices(
-                ["full", "resume", "cancel", "delete", "none"], [40, 25, 15, 10, 10]
+                ["full", "resume", "cancel", "delete", "none", "late"], self.weights
             )[0]
             await self.scenario(mode, f"c{self.n} n{i} " + " ".join(self.rng.sample(WORDS, 4)))
             i += 1
@@ -150,11 +159,21 @@ class Client:
 
     async def scenario(self, mode: str, content: str) -> None:
         req = await self.submit(content, mode)
-        if req is None or mode == "none":
+        if req is None:
             return
+        if mode == "none":
+            self.untouched.append(req)
+            return
+        if mode == "late":
+            await asyncio.sleep(self.rng.uniform(62, 75))
         await self.stream(req, act_after=self.rng.randint(1, 6))  # "delete" may act mid-way
         if mode == "delete" and not req.deleted:
             await self.delete(req)
+
+    async def stream_untouched(self) -> None:
+        """After the chaos: the streams of prompts nobody watched, replayed from the start."""
+        for req in self.untouched:
+            await self.stream(req, act_after=10**9)
 
     async def submit(self, content: str, mode: str) -> Req | None:
         """POST until acknowledged, bounded; one Idempotency-Key for the retries."""
@@ -282,16 +301,18 @@ class Client:
 class Faults:
     """Kills and restarts the system's parts in turn, in a thread (the restarts block)."""
 
-    ORDER = ("replica", "processors", "query_api", "kafka")
-
-    def __init__(self, system: System, services: Services, tally: Tally) -> None:
+    def __init__(self, system: System, services: Services, tally: Tally, plan: Plan) -> None:
         self.system, self.services, self.tally = system, services, tally
         self.stop = threading.Event()
+        self.outage_s = plan.outage_s
+        self.order: tuple[str, ...] = ("replica", "processors", "query_api", "kafka")
+        if plan.outage_s:
+            self.order += ("processors_outage",)
 
     def run(self, until: float, every_s: float) -> None:
         i = 0
         while not self.stop.wait(every_s) and time.monotonic() < until:
-            name = self.ORDER[i % len(self.ORDER)]
+            name = self.order[i % len(self.order)]
             i += 1
             t0 = time.monotonic()
             try:
@@ -309,6 +330,11 @@ class Faults:
 
     def processors(self) -> None:
         self._restart("processors")
+
+    def processors_outage(self) -> None:
+        sigkill_component(self.system, "processors")
+        self.stop.wait(self.outage_s)
+        self.system.start(component("processors"))
 
     def query_api(self) -> None:
         self._restart("query_api")
@@ -334,19 +360,18 @@ class Faults:
 
 async def drive(plan: Plan, system: System, services: Services, keys: list[str]) -> Tally:
     tally = Tally()
-    rng = random.Random(plan.seed)
-    clients = [
-        Client(n, system, keys[n % len(keys)], tally, random.Random(rng.random()))
-        for n in range(plan.clients)
-    ]
-    faults = Faults(system, services, tally)
+    clients = [Client(n, system, keys[n % len(keys)], tally, plan) for n in range(plan.clients)]
+    faults = Faults(system, services, tally, plan)
     until = time.monotonic() + plan.duration_s
     chaos = asyncio.create_task(asyncio.to_thread(faults.run, until, plan.fault_every_s))
     try:
-        await asyncio.gather(*(c.loop(until) for c in clients))
+        try:
+            await asyncio.gather(*(c.loop(until) for c in clients))
+        finally:
+            faults.stop.set()
+            await chaos
+        await asyncio.gather(*(c.stream_untouched() for c in clients))
     finally:
-        faults.stop.set()
-        await chaos
         for c in clients:
             await c.close()
     return tally
@@ -378,8 +403,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--fault-every", type=float, default=15.0, help="seconds between faults")
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument(
+        "--outage", type=float, default=90.0, help="a long processors outage (s); 0: none"
+    )
     args = parser.parse_args()
-    plan = Plan(args.duration, args.clients, args.fault_every, args.seed)
+    plan = Plan(args.duration, args.clients, args.fault_every, args.seed, args.outage)
     run_dir = Path(tempfile.mkdtemp(prefix="chatlog-chaos-"))
     with provide_services() as services:
         if services.source != "local" or services.stack is None:
