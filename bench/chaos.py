@@ -172,8 +172,7 @@ class Client:
 
     async def stream_untouched(self) -> None:
         """After the chaos: the streams of prompts nobody watched, replayed from the start."""
-        for req in self.untouched:
-            await self.stream(req, act_after=10**9)
+        await asyncio.gather(*(self.stream(req, act_after=10**9) for req in self.untouched))
 
     async def submit(self, content: str, mode: str) -> Req | None:
         """POST until acknowledged, bounded; one Idempotency-Key for the retries."""
