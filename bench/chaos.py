@@ -203,7 +203,7 @@ class Client:
         Last-Event-ID), following `reset`; note protocol violations as failures."""
         text, attempt, next_seq, last_id = "", 1, 0, None
         deadline = time.monotonic() + STREAM_DEADLINE_S
-        acted = False
+        acted, refused = False, ""
         self.tally.streams["opened"] += 1
         while time.monotonic() < deadline:
             headers: dict[str, str] = {"Last-Event-ID": last_id} if last_id else {}
@@ -215,6 +215,7 @@ class Client:
                         if resp.status_code != 200:
                             await resp.aread()
                             self.tally.note("GET stream", resp)
+                            refused = f", last refusal {resp.status_code} {resp.text[:80]!r}"
                             if resp.status_code == 404 and req.deleted:
                                 self.tally.streams["404 after delete"] += 1
                                 return
@@ -262,7 +263,7 @@ class Client:
         self.tally.streams["left open"] += 1
         self.tally.failures.append(
             f"{req.id} ({req.mode}): stream not ended by done/error within"
-            f" {STREAM_DEADLINE_S:.0f}s (last id {last_id}, {len(text)} chars)"
+            f" {STREAM_DEADLINE_S:.0f}s (last id {last_id}, {len(text)} chars{refused})"
         )
 
     async def act(self, req: Req) -> bool:
