@@ -143,8 +143,8 @@ class Checker:
                 resp = await self.get(req, url)
                 if resp is None:
                     return False, "no answer"
-                body = resp.text[:70] if resp.is_stream_consumed else "(an SSE stream)"
-                return resp.status_code == 404, f"{resp.status_code} {body!r}"
+                body = _gist(resp) if resp.is_stream_consumed else "(an SSE stream)"
+                return resp.status_code == 404, f"{resp.status_code} {body}"
 
             ok, last = await self.until(gone, timeout_s=60)
             if not ok:
@@ -222,6 +222,14 @@ class Checker:
     async def close(self) -> None:
         for q in self.queries:
             await q.aclose()
+
+
+def _gist(resp: httpx.Response) -> str:
+    """A response body in a few words: its `status` field when it has one."""
+    try:
+        return f"with status {resp.json()['status']!r}"
+    except Exception:
+        return repr(resp.text[:70])
 
 
 def _outcome(f: Final) -> tuple[str, int, str]:
