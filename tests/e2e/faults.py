@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -296,8 +296,24 @@ class Outcomes:
     distinct final events. Distinct by event_id: at-least-once redelivery of ONE event
     (same event_id) counts once; two finals with different ids are two outcomes."""
 
-    highest: dict[str, int]
-    finals: dict[str, dict[str, Final]]
+    highest: dict[str, int] = field(default_factory=dict)
+    finals: dict[str, dict[str, Final]] = field(default_factory=dict)
+
+    def add(self, ev: Any) -> None:
+        """Take one event of the topic (others than a completion's are ignored)."""
+        if not isinstance(
+            ev, CompletionStarted | TokenChunk | CompletionFinished | CompletionFailed
+        ):
+            return
+        rid = ev.request_id
+        self.highest[rid] = max(self.highest.get(rid, 0), ev.attempt)
+        if isinstance(ev, CompletionFinished):
+            final = Final(ev.event_id, "finished", ev.attempt, ev.finish_reason, ev.text)
+        elif isinstance(ev, CompletionFailed):
+            final = Final(ev.event_id, "failed", ev.attempt, ev.error_code, None)
+        else:
+            return
+        self.finals.setdefault(rid, {})[ev.event_id] = final
 
     def of_highest(self, request_id: str) -> list[Final]:
         top = self.highest.get(request_id, 0)
@@ -306,19 +322,7 @@ class Outcomes:
 
 def outcomes(settings: InfraSettings, topic: str) -> Outcomes:
     """The outcomes of every request in `topic` (chat.completions or chat.answers)."""
-    out = Outcomes({}, {})
+    out = Outcomes()
     for ev in read_topic(settings, topic):
-        if not isinstance(
-            ev, CompletionStarted | TokenChunk | CompletionFinished | CompletionFailed
-        ):
-            continue
-        rid = ev.request_id
-        out.highest[rid] = max(out.highest.get(rid, 0), ev.attempt)
-        if isinstance(ev, CompletionFinished):
-            final = Final(ev.event_id, "finished", ev.attempt, ev.finish_reason, ev.text)
-        elif isinstance(ev, CompletionFailed):
-            final = Final(ev.event_id, "failed", ev.attempt, ev.error_code, None)
-        else:
-            continue
-        out.finals.setdefault(rid, {})[ev.event_id] = final
+        out.add(ev)
     return out
