@@ -30,10 +30,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_system(infra_settings: InfraSettings, run_dir: Path) -> Iterator[System]:
+def running_system(
+    infra_settings: InfraSettings, run_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[System]:
     """The four services on `infra_settings`, scripted engine, ephemeral ports everywhere
     (so a developer's `chatlog up` or another test's system never collides); their logs
-    are printed when start-up fails."""
+    are printed when start-up fails. `env` overrides the services' environment (the chaos
+    run lifts the rate limits and slows the engine)."""
     settings = infra_settings.model_copy(update={"models": SCRIPTED_MODEL})
     sys_ = System(
         settings,
@@ -47,6 +50,7 @@ def running_system(infra_settings: InfraSettings, run_dir: Path) -> Iterator[Sys
             "CHATLOG_SCRIPTED_REPLY_REPEAT": "3",
             "CHATLOG_REPLICAS": "1",
             "CHATLOG_METRICS_PORT": "0",
+            **(env or {}),
         },
     )
     try:

@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,13 @@ from infra.local import LocalStack
 from infra.settings import InfraSettings
 from infra.system import System, component
 from schemas import decode
-from schemas.events import CompletionFailed, CompletionFinished, PromptSubmitted
+from schemas.events import (
+    CompletionFailed,
+    CompletionFinished,
+    CompletionStarted,
+    PromptSubmitted,
+    TokenChunk,
+)
 from tests.e2e.conftest import User
 from tests.e2e.sse import eventually
 
@@ -271,3 +277,52 @@ def prompts_in_log(settings: InfraSettings) -> list[PromptSubmitted]:
         for ev in read_topic(settings, settings.topics.conversations)
         if isinstance(ev, PromptSubmitted)
     ]
+
+
+@dataclass(frozen=True)
+class Final:
+    """One final event of a request as it is in the log."""
+
+    event_id: str
+    kind: str  # "finished" or "failed"
+    attempt: int
+    detail: str  # finish_reason, or error_code
+    text: str | None  # CompletionFinished v2's full text (None in v1 and for failures)
+
+
+@dataclass
+class Outcomes:
+    """Per request in one topic: the highest attempt any of its events names, and its
+    distinct final events. Distinct by event_id: at-least-once redelivery of ONE event
+    (same event_id) counts once; two finals with different ids are two outcomes."""
+
+    highest: dict[str, int] = field(default_factory=dict)
+    finals: dict[str, dict[str, Final]] = field(default_factory=dict)
+
+    def add(self, ev: Any) -> None:
+        """Take one event of the topic (others than a completion's are ignored)."""
+        if not isinstance(
+            ev, CompletionStarted | TokenChunk | CompletionFinished | CompletionFailed
+        ):
+            return
+        rid = ev.request_id
+        self.highest[rid] = max(self.highest.get(rid, 0), ev.attempt)
+        if isinstance(ev, CompletionFinished):
+            final = Final(ev.event_id, "finished", ev.attempt, ev.finish_reason, ev.text)
+        elif isinstance(ev, CompletionFailed):
+            final = Final(ev.event_id, "failed", ev.attempt, ev.error_code, None)
+        else:
+            return
+        self.finals.setdefault(rid, {})[ev.event_id] = final
+
+    def of_highest(self, request_id: str) -> list[Final]:
+        top = self.highest.get(request_id, 0)
+        return [f for f in self.finals.get(request_id, {}).values() if f.attempt == top]
+
+
+def outcomes(settings: InfraSettings, topic: str) -> Outcomes:
+    """The outcomes of every request in `topic` (chat.completions or chat.answers)."""
+    out = Outcomes()
+    for ev in read_topic(settings, topic):
+        out.add(ev)
+    return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,23 +25,44 @@ def events(
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     with client.stream("GET", url, headers=headers, timeout=60) as resp:
         assert resp.status_code == 200, resp.read()
-        event, event_id, data = "message", None, list[str]()
+        parser = SseParser()
         for line in resp.iter_lines():
+            yield from parser.feed([line])
+
+
+class SseParser:
+    """Lines in, events out: one parser for the sync reader above and the async one below
+    (the chaos run reads many streams at once)."""
+
+    def __init__(self) -> None:
+        self.event, self.data = "message", list[str]()
+        self.id: str | None = None
+
+    def feed(self, lines: Iterable[str]) -> Iterator[SseEvent]:
+        for line in lines:
             if line == "":
-                if data:
-                    yield SseEvent(event, event_id, json.loads("\n".join(data)))
-                event, event_id, data = "message", None, []
+                if self.data:
+                    yield SseEvent(self.event, self.id, json.loads("\n".join(self.data)))
+                self.event, self.id, self.data = "message", None, []
             elif line.startswith(":"):
                 continue
             else:
                 field, _, value = line.partition(":")
                 value = value.removeprefix(" ")
                 if field == "event":
-                    event = value
+                    self.event = value
                 elif field == "id":
-                    event_id = value
+                    self.id = value
                 elif field == "data":
-                    data.append(value)
+                    self.data.append(value)
+
+
+async def aevents(resp: httpx.Response) -> AsyncIterator[SseEvent]:
+    """The events of an open async SSE response (status already checked by the caller)."""
+    parser = SseParser()
+    async for line in resp.aiter_lines():
+        for ev in parser.feed([line]):
+            yield ev
 
 
 def read_until_end(client: httpx.Client, url: str, **kw: Any) -> list[SseEvent]:
