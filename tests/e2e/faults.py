@@ -244,6 +244,21 @@ def final_state(acked: Acked) -> dict[str, Any] | None:
     return state
 
 
+def stored_answers(acked: Acked) -> list[dict[str, Any]] | None:
+    """The request's assistant messages in history, once the projection made them final."""
+    resp = acked.user.query.get(
+        f"/v1/conversations/{acked.conversation_id}/messages", params={"limit": 100}
+    )
+    if resp.status_code != 200:
+        return None
+    mine = [
+        m for m in resp.json()["data"] if m["request_id"] == acked.id and m["role"] == "assistant"
+    ]
+    if not mine or any(m["status"] not in TERMINAL for m in mine):
+        return None
+    return mine
+
+
 def assert_consistent(system: System, acked: list[Acked], *, search: bool = False) -> None:
     """Every acknowledged prompt has exactly one final message (finished ones with the
     whole text), in the log and the read model; the read model equals a fresh rebuild."""
@@ -251,10 +266,8 @@ def assert_consistent(system: System, acked: list[Acked], *, search: bool = Fals
         state = eventually(functools.partial(final_state, a), timeout_s=90)
         if state["status"] == "finished":
             assert state["text"] == echo(a.content), a
-        msgs = a.user.query.get(
-            f"/v1/conversations/{a.conversation_id}/messages", params={"limit": 100}
-        ).json()["data"]
-        mine = [m for m in msgs if m["request_id"] == a.id and m["role"] == "assistant"]
+        # the status may come from the hub, ahead of the projection: wait for history
+        mine = eventually(functools.partial(stored_answers, a), timeout_s=90)
         assert [(m["status"], m["content"]) for m in mine] == [(state["status"], state["text"])]
 
     finals: dict[str, list[tuple[str, int]]] = {}
