@@ -35,6 +35,14 @@ class InfraSettings(BaseSettings):
     meili_key: str = LOCAL_MEILI_KEY
     index_prefix: str = ""
     models: str = "SmolLM2-135M-Instruct"  # comma-separated ids the inference deployment serves
+    # The gateway (infra/gateway.py): the one base URL, the API instances behind it, TLS.
+    gateway_port: int = 8080
+    command_instances: int = 1
+    query_instances: int = 1
+    # Above the command API's max_body_bytes, so bodies in between get the API's own 413.
+    gateway_max_body_bytes: int = 8 * 1024 * 1024
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def model_ids(self) -> list[str]:

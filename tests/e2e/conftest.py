@@ -40,6 +40,7 @@ def running_system(infra_settings: InfraSettings, run_dir: Path) -> Iterator[Sys
         command_port=free_port(),
         query_port=free_port(),
         serve_port=free_port(),
+        gateway_port=free_port(),
         run_dir=run_dir,
         extra_env={
             "CHATLOG_ENGINE": "scripted",
