@@ -32,6 +32,7 @@ ERRORS: dict[int, tuple[str, str, str]] = {
     413: ("invalid_request_error", "payload_too_large", "The request body is too large."),
     414: ("invalid_request_error", "uri_too_long", "The request URI is too long."),
     431: ("invalid_request_error", "headers_too_large", "The request headers are too large."),
+    497: ("invalid_request_error", "tls_required", "This port speaks HTTPS; use https://."),
     500: ("server_error", "gateway_error", "The gateway failed; try again."),
     502: (
         "service_unavailable",
@@ -120,12 +121,13 @@ def _error_locations() -> str:
             if status in RETRY_AFTER
             else ""
         )
+        answered = 400 if status == 497 else status  # 497 is nginx's, never on the wire
         blocks.append(
             f"        location = /_gateway/{status} {{\n"
             "            internal;\n"
             "            add_header X-Request-ID $chatlog_request_id always;\n"
             f"{retry}"
-            f"            return {status} '{body}\\n';\n"
+            f"            return {answered} '{body}\\n';\n"
             "        }"
         )
     return "\n".join(blocks)

@@ -159,6 +159,15 @@ class System:
         return self.gateway_config().base_url
 
     @property
+    def relay_url(self) -> str:
+        """Where the command API reads the streams it relays: through the gateway when there
+        are several query instances (so it survives one dying), unless the gateway speaks
+        TLS with a certificate the command API need not trust; else the first instance."""
+        if self.settings.query_instances > 1 and self.settings.tls_cert is None:
+            return f"http://127.0.0.1:{self.gateway_port}"
+        return self.query_url
+
+    @property
     def gateway_dir(self) -> Path:
         return self.run_dir / "gateway"
 
@@ -210,7 +219,7 @@ class System:
         return {
             **settings_env(self.settings),
             **{k: str(v) for k, v in self.ports().items()},
-            "CHATLOG_QUERY_API_URL": self.query_url,
+            "CHATLOG_QUERY_API_URL": self.relay_url,
             **self.extra_env,
         }
 

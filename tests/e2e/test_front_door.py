@@ -7,6 +7,8 @@ addressed directly just to show that Postgres-held limits and idempotency span t
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
 import re
 import signal
@@ -25,7 +27,7 @@ from infra.local.procs import read_pid
 from infra.settings import InfraSettings
 from infra.system import System
 from tests.e2e.conftest import SCRIPTED_MODEL, running_system
-from tests.e2e.sse import read_until_end
+from tests.e2e.sse import eventually, read_until_end
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -193,6 +195,91 @@ def test_one_idempotency_key_sent_to_both_instances_is_one_request(
     assert len(ids) == 1
 
 
+def open_subscribers(system: System) -> float:
+    """Open SSE subscribers over every query instance (each one's own /metrics)."""
+    total = 0.0
+    for port in system.instance_ports("query_api"):
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        found = re.search(r"^chatlog_query_subscribers (\S+)$", text, re.M)
+        assert found, text
+        total += float(found.group(1))
+    return total
+
+
+def test_a_client_that_goes_away_closes_the_upstream_stream(
+    system: System, client: httpx.Client
+) -> None:
+    accepted = client.post(
+        "/v1/chat/completions", json=prompt("long " * 150), headers={"Prefer": "respond-async"}
+    ).json()
+    with client.stream("GET", accepted["stream_url"]) as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()  # held: a dropped iterator closes the connection at once
+        assert any(line.startswith("event: chunk") for line in lines)
+        assert open_subscribers(system) == 1
+    eventually(lambda: open_subscribers(system) == 0)
+    # ... and, as without the gateway, the generation itself goes on to its end.
+    status = f"/v1/chat/completions/{accepted['id']}"
+    eventually(lambda: client.get(status).json()["status"] == "finished")
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made here (no CA involved)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_when_a_certificate_and_key_are_set(system: System, key: str, tmp_path: Path) -> None:
+    cert, private = self_signed(tmp_path)
+    gateway, plain = system.service("gateway"), system.settings
+    system.stop(gateway)
+    system.settings = plain.model_copy(update={"tls_cert": cert, "tls_key": private})
+    try:
+        system.start(gateway)
+        assert system.base_url.startswith("https://")
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(verify=str(cert), headers=headers, timeout=30) as tls:
+            assert tls.get(f"{system.base_url}/models").status_code == 200
+        # Plain HTTP to the TLS port: a JSON 400, not nginx's page.
+        plain_http = system.base_url.replace("https://", "http://")
+        assert_error_shape(httpx.get(f"{plain_http}/models", headers=headers), 400, "tls_required")
+    finally:
+        system.stop(gateway)
+        system.settings = plain
+        system.start(gateway)
+
+
 def test_a_dead_query_instance_is_routed_around_then_none_is_a_json_502(
     system: System, client: httpx.Client
 ) -> None:
@@ -208,6 +295,9 @@ def test_a_dead_query_instance_is_routed_around_then_none_is_a_json_502(
         assert client.get("/v1/models").status_code == 200
         assert client.get("/v1/conversations").status_code == 200
         assert read_until_end(client, accepted["stream_url"])[-1].event == "done"
+    # The command API relays `stream: true` through the gateway too, so that survives it.
+    streamed = client.post("/v1/chat/completions", json={**prompt("still"), "stream": True})
+    assert streamed.status_code == 200 and "data: [DONE]" in streamed.text
     system.stop(system.service("query_api"))
     down = client.get("/v1/models")
     assert_error_shape(down, 502, "upstream_unavailable")
