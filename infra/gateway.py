@@ -10,6 +10,7 @@ to `<dir>` (`nginx -p <dir>`), so the same rendered file serves the official ima
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -26,6 +27,11 @@ HEALTH_PATH = "/gateway/healthz"
 # status -> (type, code, message) of the errors nginx answers itself.
 ERRORS: dict[int, tuple[str, str, str]] = {
     400: ("invalid_request_error", "invalid_request", "The request could not be parsed."),
+    403: (
+        "invalid_request_error",
+        "origin_mismatch",
+        "A request authenticated by the session cookie must come from this site (Origin).",
+    ),
     404: ("invalid_request_error", "not_found", "No such endpoint; the API lives under /v1/."),
     405: ("invalid_request_error", "method_not_allowed", "Method not allowed."),
     408: ("invalid_request_error", "request_timeout", "The request took too long to arrive."),
@@ -61,6 +67,7 @@ class GatewayConfig:
     tls_key: Path | None = None
     host: str = "127.0.0.1"
     upstream_host: str = "127.0.0.1"
+    cors_origins: Sequence[str] = ()
     max_fails: int = 2
     fail_timeout_s: int = 5
 
@@ -86,6 +93,7 @@ def config_from(
         max_body_bytes=settings.gateway_max_body_bytes,
         tls_cert=Path(settings.tls_cert).absolute() if settings.tls_cert else None,
         tls_key=Path(settings.tls_key).absolute() if settings.tls_key else None,
+        cors_origins=[o.strip().rstrip("/") for o in settings.cors_origins.split(",") if o.strip()],
     )
 
 
@@ -133,6 +141,14 @@ def _error_locations() -> str:
     return "\n".join(blocks)
 
 
+def _origin_ok(origin: str) -> bool:
+    """An origin as browsers send it (scheme://host[:port]); anything else could break the
+    config's quoting, so it is refused."""
+    if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
+        raise ServiceError(f"CHATLOG_CORS_ORIGINS: {origin!r} is not an origin like https://host")
+    return True
+
+
 def render(cfg: GatewayConfig) -> str:
     """The nginx.conf text for `cfg`."""
     template = resources.files("infra").joinpath("templates/nginx.conf").read_text()
@@ -142,6 +158,9 @@ def render(cfg: GatewayConfig) -> str:
         "query_servers": _servers(cfg, cfg.query_ports),
         "listen": _listen(cfg),
         "error_locations": _error_locations(),
+        "cors_origins": "\n".join(
+            f'        "{o}" $http_origin;' for o in cfg.cors_origins if _origin_ok(o)
+        ),
     }
     for name, value in values.items():
         template = template.replace(f"@{name}@", value)

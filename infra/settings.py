@@ -43,6 +43,9 @@ class InfraSettings(BaseSettings):
     gateway_max_body_bytes: int = 8 * 1024 * 1024
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Browser sessions: their lifetime, and the origins (comma-separated) CORS allows.
+    session_ttl_s: float = 12 * 3600.0
+    cors_origins: str = ""
 
     @property
     def model_ids(self) -> list[str]:

@@ -7,6 +7,7 @@ addressed directly just to show that Postgres-held limits and idempotency span t
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -260,24 +261,91 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def test_tls_when_a_certificate_and_key_are_set(system: System, key: str, tmp_path: Path) -> None:
-    cert, private = self_signed(tmp_path)
+@contextlib.contextmanager
+def gateway_with(system: System, **update: Any) -> Iterator[None]:
+    """The gateway restarted on settings with `update`, then back as it was."""
     gateway, plain = system.service("gateway"), system.settings
     system.stop(gateway)
-    system.settings = plain.model_copy(update={"tls_cert": cert, "tls_key": private})
+    system.settings = plain.model_copy(update=update)
     try:
         system.start(gateway)
-        assert system.base_url.startswith("https://")
-        headers = {"Authorization": f"Bearer {key}"}
-        with httpx.Client(verify=str(cert), headers=headers, timeout=30) as tls:
-            assert tls.get(f"{system.base_url}/models").status_code == 200
-        # Plain HTTP to the TLS port: a JSON 400, not nginx's page.
-        plain_http = system.base_url.replace("https://", "http://")
-        assert_error_shape(httpx.get(f"{plain_http}/models", headers=headers), 400, "tls_required")
+        yield
     finally:
         system.stop(gateway)
         system.settings = plain
         system.start(gateway)
+
+
+def test_a_browser_signs_in_streams_with_the_cookie_and_signs_out(system: System, key: str) -> None:
+    origin = system.base_url.removesuffix("/v1")
+    with httpx.Client(base_url=origin, timeout=60) as browser:
+        signed_in = browser.post("/v1/sessions", json={"api_key": key})
+        assert signed_in.status_code == 200, signed_in.text
+        cookie = signed_in.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" not in cookie
+        session = browser.cookies["chatlog_session"]
+        # Reads need nothing but the cookie: an EventSource on a stream works.
+        assert browser.get("/v1/models").status_code == 200
+        accepted = browser.post(
+            "/v1/chat/completions",
+            json=prompt("cookie"),
+            headers={"Prefer": "respond-async", "Origin": origin},
+        )
+        assert accepted.status_code == 202, accepted.text
+        assert read_until_end(browser, accepted.json()["stream_url"])[-1].event == "done"
+        # A cookie-only write from another site (a form post) or without Origin: refused.
+        forged = browser.post(
+            "/v1/chat/completions",
+            content=b"model=x",
+            headers={"Origin": "https://evil.example", "Content-Type": "text/plain"},
+        )
+        assert_error_shape(forged, 403, "origin_mismatch")
+        no_origin = browser.post("/v1/chat/completions", json=prompt("x"))
+        assert_error_shape(no_origin, 403, "origin_mismatch")
+        # CORS is off by default: no other origin may read answers.
+        cross = browser.get("/v1/models", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in cross.headers
+        signed_out = browser.delete("/v1/sessions", headers={"Origin": origin})
+        assert signed_out.status_code == 200, signed_out.text
+    # The ended session stops working (within the auth caches' 5 s).
+    dead = {"Cookie": f"chatlog_session={session}"}
+    eventually(lambda: httpx.get(f"{system.base_url}/models", headers=dead).status_code == 401)
+    # A session is no API key: it cannot mint another session.
+    again = httpx.post(f"{origin}/v1/sessions", json={"api_key": session})
+    assert_error_shape(again, 401, "invalid_api_key")
+
+
+def test_cors_allows_the_named_origins_preflight_included(system: System, key: str) -> None:
+    app = "http://app.example:3000"
+    with gateway_with(system, cors_origins=app):
+        preflight = httpx.options(
+            f"{system.base_url}/chat/completions",
+            headers={"Origin": app, "Access-Control-Request-Method": "POST"},
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == app
+        assert "Authorization" in preflight.headers["access-control-allow-headers"]
+        auth = {"Origin": app, "Authorization": f"Bearer {key}"}
+        read = httpx.get(f"{system.base_url}/models", headers=auth)
+        assert read.headers["access-control-allow-origin"] == app
+        assert read.headers["access-control-allow-credentials"] == "true"
+        other = httpx.get(f"{system.base_url}/models", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_tls_when_a_certificate_and_key_are_set(system: System, key: str, tmp_path: Path) -> None:
+    cert, private = self_signed(tmp_path)
+    with gateway_with(system, tls_cert=cert, tls_key=private):
+        assert system.base_url.startswith("https://")
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(verify=str(cert), headers=headers, timeout=30) as tls:
+            assert tls.get(f"{system.base_url}/models").status_code == 200
+            # Under TLS the session cookie is Secure too.
+            signed_in = tls.post(f"{system.base_url}/sessions", json={"api_key": key})
+            assert "Secure" in signed_in.headers["set-cookie"]
+        # Plain HTTP to the TLS port: a JSON 400, not nginx's page.
+        plain_http = system.base_url.replace("https://", "http://")
+        assert_error_shape(httpx.get(f"{plain_http}/models", headers=headers), 400, "tls_required")
 
 
 def test_a_dead_query_instance_is_routed_around_then_none_is_a_json_502(
