@@ -115,8 +115,19 @@ class System:
         for c in COMPONENTS:
             out.append(c)
             count = getattr(self.settings, SCALED[c.name]) if c.name in SCALED else 1
+            count = max(count, self._recorded_instances(c))
             out.extend(replace(c, name=f"{c.name}-{i}") for i in range(2, count + 1))
         return [*out, GATEWAY]
+
+    def _recorded_instances(self, c: Component) -> int:
+        """How many instances of `c` an earlier `up` left pid files for, so `status` and
+        `down` see them whatever this process's CHATLOG_*_INSTANCES says."""
+        numbers = [
+            int(suffix)
+            for p in (self.run_dir / "run").glob(f"{c.name}-*.pid")
+            if (suffix := p.stem.removeprefix(f"{c.name}-")).isdigit()
+        ]
+        return max(numbers, default=1)
 
     def service(self, name: str) -> Component:
         """The process called `name`, extra instances and the gateway included."""

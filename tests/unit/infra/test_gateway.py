@@ -10,6 +10,7 @@ import pytest
 from infra import gateway
 from infra.local.procs import ServiceError
 from infra.settings import InfraSettings
+from infra.system import System
 
 
 def config(**kw: object) -> gateway.GatewayConfig:
@@ -44,3 +45,12 @@ def test_tls_needs_both_certificate_and_key(tmp_path: Path) -> None:
     assert gateway.config_from(InfraSettings(), 8080, [8000], [8001]).base_url == (
         "http://127.0.0.1:8080/v1"
     )
+
+
+def test_down_and_status_see_the_instances_an_earlier_up_started(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "command_api-3.pid").write_text("1")
+    names = [c.name for c in System(InfraSettings(), run_dir=tmp_path).services()]
+    assert names[-4:] == ["command_api", "command_api-2", "command_api-3", "gateway"]
+    scaled = System(InfraSettings(query_instances=2), run_dir=tmp_path / "other")
+    assert "query_api-2" in [c.name for c in scaled.services()]
