@@ -113,6 +113,7 @@ def test_reads_and_writes_route_to_their_service(client: httpx.Client) -> None:
     )
     assert resp.status_code == 202, resp.text
     accepted = resp.json()
+    assert resp.headers["x-request-id"] == accepted["id"]  # the service's own, passed once
     # The relative stream_url of a 202 answers on the same origin, as SSE, unbuffered.
     evs = read_until_end(client, accepted["stream_url"])
     assert evs[-1].event == "done"
