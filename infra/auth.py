@@ -32,7 +32,20 @@ CREATE TABLE IF NOT EXISTS command.api_keys (
     revoked_at  timestamptz
 );
 CREATE INDEX IF NOT EXISTS api_keys_user ON command.api_keys (user_id);
+CREATE TABLE IF NOT EXISTS command.sessions (
+    id_hash     text PRIMARY KEY,
+    user_id     text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_expiry ON command.sessions (expires_at);
 """
+# Browser sessions (`POST /v1/sessions`): a random id in an HttpOnly cookie, stored only as
+# its sha256 digest with an expiry. The gateway passes the cookie on as a bearer token, so
+# both APIs resolve a session exactly as a key (and within the same AUTH_CACHE_TTL_S after
+# `DELETE /v1/sessions` or expiry).
+SESSION_PREFIX = "cls-"
+SESSION_COOKIE = "chatlog_session"
 
 
 def hash_key(key: str) -> str:
@@ -57,6 +70,27 @@ def create_key(conn: psycopg.Connection[Any], user_id: str) -> str:
     return key
 
 
+async def create_session(conn: psycopg.AsyncConnection[Any], user_id: str, ttl_s: float) -> str:
+    """A new session for `user_id` expiring in `ttl_s`; the plain id is returned once."""
+    session = SESSION_PREFIX + secrets.token_urlsafe(32)
+    await conn.execute(
+        "INSERT INTO command.sessions (id_hash, user_id, expires_at)"
+        " VALUES (%s, %s, now() + make_interval(secs => %s))",
+        (hash_key(session), user_id, ttl_s),
+    )
+    # Expired sessions go as new ones come (bounded work: an index range).
+    await conn.execute("DELETE FROM command.sessions WHERE expires_at < now() - interval '1 day'")
+    return session
+
+
+async def end_session(conn: psycopg.AsyncConnection[Any], session: str) -> None:
+    await conn.execute("DELETE FROM command.sessions WHERE id_hash = %s", (hash_key(session),))
+
+
+def is_session(token: str) -> bool:
+    return token.startswith(SESSION_PREFIX)
+
+
 class KeyResolver:
     """Resolves bearer keys to user ids, caching hits for `ttl_s` (at most
     `AUTH_CACHE_TTL_S`, so a revoked key stops within that) so auth is not a query per
@@ -74,10 +108,11 @@ class KeyResolver:
         now = time.monotonic()
         if hit and hit[1] > now:
             return hit[0]
-        cur = await conn.execute(
-            "SELECT user_id FROM command.api_keys WHERE key_hash = %s AND revoked_at IS NULL",
-            (digest,),
-        )
+        if is_session(key):
+            sql = "SELECT user_id FROM command.sessions WHERE id_hash = %s AND expires_at > now()"
+        else:
+            sql = "SELECT user_id FROM command.api_keys WHERE key_hash = %s AND revoked_at IS NULL"
+        cur = await conn.execute(sql, (digest,))  # type: ignore[arg-type]  # constants
         row = await cur.fetchone()
         if row is None:
             self._cache.pop(digest, None)

@@ -10,7 +10,7 @@ from typing import Any
 
 from infra.local import LocalStack
 from infra.settings import InfraSettings
-from infra.system import COMPONENTS, Probe, System, assess, component, exit_code
+from infra.system import Probe, System, assess, exit_code
 
 DEMO_USER = "demo"
 
@@ -39,16 +39,15 @@ def cmd_up(_: argparse.Namespace) -> int:
     stack.install()
     cmd_start(_)
     system = System(settings)
-    print("starting " + ", ".join(c.name for c in COMPONENTS) + " …", flush=True)
+    print("starting " + ", ".join(c.name for c in system.services()) + " …", flush=True)
     system.start_all()
     key = demo_key(settings)
     model = settings.model_ids[0]
-    base = f"{system.command_url}/v1"
+    base = system.base_url  # the gateway: every endpoint, reads and writes, behind one URL
     print(
         f"""
 chatlog is up ({time.monotonic() - started:.0f}s).
-  command API (writes): {base}
-  query API (reads):    {system.query_url}/v1
+  base URL:             {base}
   API key for user '{DEMO_USER}': {key}
   logs: chatlog logs <component>   stop: chatlog down   health: chatlog status
 
@@ -104,7 +103,7 @@ def cmd_status(_: argparse.Namespace) -> int:
     system = System(settings)
     probes += [
         Probe(c.name, system.running(c), system.healthy(c), system.health_url(c) or "")
-        for c in COMPONENTS
+        for c in system.services()
     ]
     lags: dict[str, int] | None = None
     if not all(p.healthy for p in probes if p.name in ("kafka", "postgres")):
@@ -128,6 +127,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     elif args.component in ("kafka", "meilisearch"):
         path = home / "logs" / f"{args.component}.log"
     else:
-        path = System(settings).logfile(component(args.component).name)
+        system = System(settings)
+        path = system.logfile(system.service(args.component).name)
     cmd = ["tail", "-n", str(args.n)] + ([] if args.no_follow else ["-F"]) + [str(path)]
     return subprocess.call(cmd)

@@ -44,6 +44,17 @@ class InfraSettings(BaseSettings):
     # memory=...)`). Tokens go to Kafka directly, never through Ray objects, so a small store
     # is plenty; Ray's default is 30% of the machine's memory, on /dev/shm.
     ray_object_store_bytes: int = 256 * 1024 * 1024
+    # The gateway (infra/gateway.py): the one base URL, the API instances behind it, TLS.
+    gateway_port: int = 8080
+    command_instances: int = 1
+    query_instances: int = 1
+    # Above the command API's max_body_bytes, so bodies in between get the API's own 413.
+    gateway_max_body_bytes: int = 8 * 1024 * 1024
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Browser sessions: their lifetime, and the origins (comma-separated) CORS allows.
+    session_ttl_s: float = 12 * 3600.0
+    cors_origins: str = ""
 
     @property
     def model_ids(self) -> list[str]:

@@ -8,13 +8,16 @@ report healthy before starting the next that depends on it.
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 import sys
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from infra import gateway
 from infra.local.procs import ServiceError, port_open, read_pid, spawn, stop_pid, wait_until
 from infra.settings import InfraSettings
 
@@ -41,10 +44,14 @@ COMPONENTS = (
     Component("query_api", "query_api", "CHATLOG_QUERY_PORT", "/readyz", 90),
     Component("command_api", "command_api", "CHATLOG_COMMAND_PORT", "/readyz", 90),
 )
+# nginx in front of the APIs (infra/gateway.py); started last, stopped first.
+GATEWAY = Component("gateway", "nginx", "CHATLOG_GATEWAY_PORT", gateway.HEALTH_PATH, 30)
+# The APIs that may run as several instances, and the setting that says how many.
+SCALED = {"command_api": "command_instances", "query_api": "query_instances"}
 
 
 def component(name: str) -> Component:
-    for c in COMPONENTS:
+    for c in (*COMPONENTS, GATEWAY):
         if c.name == name:
             return c
     raise ServiceError(f"no component {name!r}; known: {', '.join(c.name for c in COMPONENTS)}")
@@ -82,6 +89,7 @@ class System:
         command_port: int | None = None,
         query_port: int | None = None,
         serve_port: int | None = None,
+        gateway_port: int | None = None,
         run_dir: Path | None = None,
         extra_env: dict[str, str] | None = None,
     ) -> None:
@@ -97,7 +105,84 @@ class System:
         self.serve_port = serve_port or int(
             os.environ.get("CHATLOG_SERVE_HTTP_PORT", DEFAULT_SERVE_PORT)
         )
+        self.gateway_port = gateway_port or int(
+            os.environ.get("CHATLOG_GATEWAY_PORT", settings.gateway_port)
+        )
         self.extra_env = extra_env or {}
+
+    def services(self) -> list[Component]:
+        """Every process `up` starts: COMPONENTS, each scaled API's extra instances after
+        its first (`command_api-2`, ...), and the gateway last."""
+        out: list[Component] = []
+        for c in COMPONENTS:
+            out.append(c)
+            count = getattr(self.settings, SCALED[c.name]) if c.name in SCALED else 1
+            count = max(count, self._recorded_instances(c))
+            out.extend(replace(c, name=f"{c.name}-{i}") for i in range(2, count + 1))
+        return [*out, GATEWAY]
+
+    def _recorded_instances(self, c: Component) -> int:
+        """How many instances of `c` an earlier `up` left pid files for, so `status` and
+        `down` see them whatever this process's CHATLOG_*_INSTANCES says."""
+        numbers = [
+            int(suffix)
+            for p in (self.run_dir / "run").glob(f"{c.name}-*.pid")
+            if (suffix := p.stem.removeprefix(f"{c.name}-")).isdigit()
+        ]
+        return max(numbers, default=1)
+
+    def service(self, name: str) -> Component:
+        """The process called `name`, extra instances and the gateway included."""
+        for c in self.services():
+            if c.name == name:
+                return c
+        return component(name)
+
+    def port(self, c: Component) -> int | None:
+        """Where `c` listens: the first instance on its configured port, extra instances on
+        the free port recorded when they started (None before that)."""
+        if c.port_env is None:
+            return None
+        if c.name == GATEWAY.name or c.name in {b.name for b in COMPONENTS}:
+            return self.ports()[c.port_env]
+        try:
+            return int(self.portfile(c).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def portfile(self, c: Component) -> Path:
+        return self.run_dir / "run" / f"{c.name}.port"
+
+    def instance_ports(self, base: str) -> list[int]:
+        """The ports of every instance of the API `base` (those started so far)."""
+        ports = (self.port(c) for c in self.services() if c.name.split("-")[0] == base)
+        return [p for p in ports if p is not None]
+
+    def gateway_config(self) -> gateway.GatewayConfig:
+        return gateway.config_from(
+            self.settings,
+            self.gateway_port,
+            self.instance_ports("command_api"),
+            self.instance_ports("query_api"),
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The one URL clients use: the gateway's `/v1`."""
+        return self.gateway_config().base_url
+
+    @property
+    def relay_url(self) -> str:
+        """Where the command API reads the streams it relays: through the gateway when there
+        are several query instances (so it survives one dying), unless the gateway speaks
+        TLS with a certificate the command API need not trust; else the first instance."""
+        if self.settings.query_instances > 1 and self.settings.tls_cert is None:
+            return f"http://127.0.0.1:{self.gateway_port}"
+        return self.query_url
+
+    @property
+    def gateway_dir(self) -> Path:
+        return self.run_dir / "gateway"
 
     @property
     def command_url(self) -> str:
@@ -108,13 +193,16 @@ class System:
         return f"http://127.0.0.1:{self.query_port}"
 
     def health_url(self, c: Component) -> str | None:
-        return f"http://127.0.0.1:{self.ports()[c.port_env]}{c.health_path}" if c.port_env else None
+        if c.name == GATEWAY.name:
+            return self.base_url.removesuffix("/v1") + c.health_path
+        return f"http://127.0.0.1:{self.port(c)}{c.health_path}" if c.port_env else None
 
     def ports(self) -> dict[str, int]:
         return {
             "CHATLOG_QUERY_PORT": self.query_port,
             "CHATLOG_COMMAND_PORT": self.command_port,
             "CHATLOG_SERVE_HTTP_PORT": self.serve_port,
+            "CHATLOG_GATEWAY_PORT": self.gateway_port,
         }
 
     def pidfile(self, c: Component) -> Path:
@@ -132,8 +220,10 @@ class System:
         url = self.health_url(c)
         if url is None:
             return True
+        # The gateway's certificate may be self-signed: its health is about nginx answering.
+        context = ssl._create_unverified_context() if url.startswith("https:") else None
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            with urllib.request.urlopen(url, timeout=2, context=context) as resp:
                 return bool(resp.status == 200)
         except Exception:
             return False
@@ -142,22 +232,25 @@ class System:
         return {
             **settings_env(self.settings),
             **{k: str(v) for k, v in self.ports().items()},
-            "CHATLOG_QUERY_API_URL": self.query_url,
+            "CHATLOG_QUERY_API_URL": self.relay_url,
             **self.extra_env,
         }
 
     def start(self, c: Component, *, wait: bool = True) -> None:
         if self.running(c):
             return
-        if c.port_env and port_open(self.ports()[c.port_env]):
-            port = self.ports()[c.port_env]
+        if c.port_env and self.port(c) is None:
+            self.portfile(c).parent.mkdir(parents=True, exist_ok=True)
+            self.portfile(c).write_text(str(free_port()))
+        port = self.port(c)
+        if c.port_env and port is not None and port_open(port):
             raise ServiceError(f"{c.name}: port {port} ({c.port_env}) is taken by another process")
-        spawn(
-            [sys.executable, "-m", c.module],
-            log=self.logfile(c.name),
-            pidfile=self.pidfile(c),
-            env=self.env(),
-        )
+        if c.name == GATEWAY.name:
+            argv = gateway.prepare(self.gateway_config(), self.gateway_dir)
+        else:
+            argv = [sys.executable, "-m", c.module]
+        env = self.env() | ({c.port_env: str(port)} if c.port_env else {})
+        spawn(argv, log=self.logfile(c.name), pidfile=self.pidfile(c), env=env)
         if wait:
             self.wait_ready(c)
 
@@ -177,16 +270,26 @@ class System:
 
     def start_all(self) -> None:
         """Start every component, the slow ones concurrently, then wait for each."""
-        for c in COMPONENTS:
+        for c in self.services():
             self.start(c, wait=False)
-        for c in COMPONENTS:
+        for c in self.services():
             self.wait_ready(c)
 
     def stop(self, c: Component) -> bool:
-        return stop_pid(self.pidfile(c), timeout_s=30)
+        stopped = stop_pid(self.pidfile(c), timeout_s=30)
+        if c.name not in {b.name for b in (*COMPONENTS, GATEWAY)}:
+            self.portfile(c).unlink(missing_ok=True)  # the next start picks a free port again
+        return stopped
 
     def stop_all(self) -> list[str]:
-        return [c.name for c in reversed(COMPONENTS) if self.stop(c)]
+        return [c.name for c in reversed(self.services()) if self.stop(c)]
+
+
+def free_port() -> int:
+    """A port nothing listens on now (for the APIs' extra instances)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout_s: float) -> None:

@@ -15,7 +15,7 @@ from command_api.openai_format import ChunkStream, CompletionError, collect
 from command_api.prompts import Accepted
 from command_api.tracing import traceparent_for
 from command_api.validation import parse_body, path_id
-from infra.auth import hash_key
+from infra.auth import hash_key, is_session
 from infra.http import ApiError, NotFound, PayloadTooLarge, Unauthorized, bearer_key
 from schemas import CancelRequested
 
@@ -58,7 +58,9 @@ async def create_chat_completion(request: Request) -> Response:
     try:
         raw = await read_body(request, ctx.settings.max_body_bytes)
         prompt = parse_body(raw, ctx.settings)
-        if user is None and (idempotency_key is not None or prompt.conversation_id is not None):
+        # Admission resolves API keys only: a session (the gateway's cookie) is resolved here.
+        early = idempotency_key is not None or prompt.conversation_id is not None
+        if user is None and (early or is_session(key)):
             user = await current_user(ctx, authorization)
         accepted = await ctx.prompts.submit(
             user_id=user,

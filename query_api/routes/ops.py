@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from infra.http import Unavailable
+from infra.http import NotFound, Unavailable
 from query_api.deps import CurrentUser, State
 
 router = APIRouter(tags=["ops"])
@@ -51,3 +51,13 @@ async def models(state: State, _: CurrentUser) -> dict[str, Any]:
             for m in state.settings.model_ids
         ],
     }
+
+
+@router.get("/v1/models/{model_id}")
+async def model(model_id: str, state: State, _: CurrentUser) -> dict[str, Any]:
+    """One served model (the OpenAI SDK's `models.retrieve`)."""
+    if model_id not in state.settings.model_ids:
+        raise NotFound(
+            f"The model {model_id!r} does not exist.", param="model", code="model_not_found"
+        )
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "chatlog"}

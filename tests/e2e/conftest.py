@@ -43,6 +43,7 @@ def running_system(
         command_port=free_port(),
         query_port=free_port(),
         serve_port=free_port(),
+        gateway_port=free_port(),
         run_dir=run_dir,
         extra_env={
             "CHATLOG_ENGINE": "scripted",

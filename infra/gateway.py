@@ -1,0 +1,192 @@
+"""The front door: one nginx in front of every API instance, so clients need one base URL.
+
+nginx (Debian's package, or the official image in docker-compose) routes writes to the
+command API and reads to the query API, balances several instances of each, keeps SSE
+unbuffered and answers its own errors in the OpenAI shape. Its config is rendered here from
+the settings and the instances' ports into `<dir>/nginx.conf`; every path in it is relative
+to `<dir>` (`nginx -p <dir>`), so the same rendered file serves the official image.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from infra.local.procs import ServiceError
+from infra.settings import InfraSettings
+
+TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+HEALTH_PATH = "/gateway/healthz"
+
+# status -> (type, code, message) of the errors nginx answers itself.
+ERRORS: dict[int, tuple[str, str, str]] = {
+    400: ("invalid_request_error", "invalid_request", "The request could not be parsed."),
+    403: (
+        "invalid_request_error",
+        "origin_mismatch",
+        "A request authenticated by the session cookie must come from this site (Origin).",
+    ),
+    404: ("invalid_request_error", "not_found", "No such endpoint; the API lives under /v1/."),
+    405: ("invalid_request_error", "method_not_allowed", "Method not allowed."),
+    408: ("invalid_request_error", "request_timeout", "The request took too long to arrive."),
+    413: ("invalid_request_error", "payload_too_large", "The request body is too large."),
+    414: ("invalid_request_error", "uri_too_long", "The request URI is too long."),
+    431: ("invalid_request_error", "headers_too_large", "The request headers are too large."),
+    497: ("invalid_request_error", "tls_required", "This port speaks HTTPS; use https://."),
+    500: ("server_error", "gateway_error", "The gateway failed; try again."),
+    502: (
+        "service_unavailable",
+        "upstream_unavailable",
+        "The service behind the gateway is unavailable; try again shortly.",
+    ),
+    503: ("service_unavailable", "service_unavailable", "The gateway is overloaded; try again."),
+    504: (
+        "service_unavailable",
+        "upstream_timeout",
+        "The service behind the gateway did not answer in time; try again.",
+    ),
+}
+RETRY_AFTER = {502: 1, 503: 1, 504: 1}
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """What the rendered config depends on: where it listens and the instances' ports."""
+
+    port: int
+    command_ports: Sequence[int]
+    query_ports: Sequence[int]
+    max_body_bytes: int
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    host: str = "127.0.0.1"
+    upstream_host: str = "127.0.0.1"
+    cors_origins: Sequence[str] = ()
+    max_fails: int = 2
+    fail_timeout_s: int = 5
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+    @property
+    def base_url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/v1"
+
+
+def config_from(
+    settings: InfraSettings, port: int, command_ports: Sequence[int], query_ports: Sequence[int]
+) -> GatewayConfig:
+    """The gateway config for `settings`, given where the instances listen."""
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ServiceError("set both CHATLOG_TLS_CERT and CHATLOG_TLS_KEY, or neither")
+    return GatewayConfig(
+        port=port,
+        command_ports=command_ports,
+        query_ports=query_ports,
+        max_body_bytes=settings.gateway_max_body_bytes,
+        tls_cert=Path(settings.tls_cert).absolute() if settings.tls_cert else None,
+        tls_key=Path(settings.tls_key).absolute() if settings.tls_key else None,
+        cors_origins=[o.strip().rstrip("/") for o in settings.cors_origins.split(",") if o.strip()],
+    )
+
+
+def _servers(cfg: GatewayConfig, ports: Sequence[int]) -> str:
+    if not ports:
+        raise ServiceError("the gateway needs at least one instance of each API")
+    return "\n".join(
+        f"        server {cfg.upstream_host}:{p} max_fails={cfg.max_fails} "
+        f"fail_timeout={cfg.fail_timeout_s}s;"
+        for p in ports
+    )
+
+
+def _listen(cfg: GatewayConfig) -> str:
+    if not cfg.tls:
+        return f"        listen {cfg.host}:{cfg.port};"
+    return (
+        f"        listen {cfg.host}:{cfg.port} ssl;\n"
+        f"        ssl_certificate {cfg.tls_cert};\n"
+        f"        ssl_certificate_key {cfg.tls_key};\n"
+        "        ssl_protocols TLSv1.2 TLSv1.3;"
+    )
+
+
+def _error_locations() -> str:
+    blocks = []
+    for status, (type_, code, message) in sorted(ERRORS.items()):
+        body = json.dumps(
+            {"error": {"message": message, "type": type_, "param": None, "code": code}}
+        )
+        retry = (
+            f"            add_header Retry-After {RETRY_AFTER[status]} always;\n"
+            if status in RETRY_AFTER
+            else ""
+        )
+        answered = 400 if status == 497 else status  # 497 is nginx's, never on the wire
+        blocks.append(
+            f"        location = /_gateway/{status} {{\n"
+            "            internal;\n"
+            "            add_header X-Request-ID $chatlog_request_id always;\n"
+            f"{retry}"
+            f"            return {answered} '{body}\\n';\n"
+            "        }"
+        )
+    return "\n".join(blocks)
+
+
+def _origin_ok(origin: str) -> bool:
+    """An origin as browsers send it (scheme://host[:port]); anything else could break the
+    config's quoting, so it is refused."""
+    if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
+        raise ServiceError(f"CHATLOG_CORS_ORIGINS: {origin!r} is not an origin like https://host")
+    return True
+
+
+def render(cfg: GatewayConfig) -> str:
+    """The nginx.conf text for `cfg`."""
+    template = resources.files("infra").joinpath("templates/nginx.conf").read_text()
+    values = {
+        "max_body_bytes": str(cfg.max_body_bytes),
+        "command_servers": _servers(cfg, cfg.command_ports),
+        "query_servers": _servers(cfg, cfg.query_ports),
+        "listen": _listen(cfg),
+        "error_locations": _error_locations(),
+        "cors_origins": "\n".join(
+            f'        "{o}" $http_origin;' for o in cfg.cors_origins if _origin_ok(o)
+        ),
+    }
+    for name, value in values.items():
+        template = template.replace(f"@{name}@", value)
+    return template
+
+
+def nginx_binary() -> str:
+    """Debian's nginx (`scripts/setup` installs it); /usr/sbin is not always on PATH."""
+    found = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
+    )
+    if found is None:
+        raise ServiceError(
+            "nginx is not installed (scripts/setup installs it: apt-get install nginx)"
+        )
+    return found
+
+
+def prepare(cfg: GatewayConfig, directory: Path) -> list[str]:
+    """Write the config and temp dirs under `directory`, check it with `nginx -t`, and
+    return the command line that runs it in the foreground."""
+    for name in TEMP_DIRS:
+        (directory / "tmp" / name).mkdir(parents=True, exist_ok=True)
+    (directory / "nginx.conf").write_text(render(cfg))
+    argv = [nginx_binary(), "-e", "stderr", "-p", f"{directory}/", "-c", "nginx.conf"]
+    check = subprocess.run([*argv, "-t", "-q"], capture_output=True, text=True, check=False)
+    if check.returncode != 0:
+        raise ServiceError(f"gateway config {directory / 'nginx.conf'} is invalid: {check.stderr}")
+    return argv
