@@ -57,6 +57,7 @@ def test_compose_caps_each_container_above_its_budget() -> None:
         "kafka": True,
         "postgres": True,
         "meilisearch": True,
+        "gateway": True,
     }
 
 
