@@ -48,7 +48,7 @@ def test_an_unknown_model_passes_and_a_known_one_without_replicas_is_refused() -
 
 
 def test_no_replica_stays_open_past_the_cooldown_until_a_replica_beats_again() -> None:
-    clock, seen = Clock(), []
+    clock, seen = Clock(), list[tuple[State, State, str]]()
     b = make(clock, seen)
     b.replicas(True)
     b.replicas(False)
