@@ -30,7 +30,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_system(infra_settings: InfraSettings, run_dir: Path) -> Iterator[System]:
+def running_system(
+    infra_settings: InfraSettings, run_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[System]:
     """The four services on `infra_settings`, scripted engine, ephemeral ports everywhere
     (so a developer's `chatlog up` or another test's system never collides); their logs
     are printed when start-up fails."""
@@ -47,6 +49,7 @@ def running_system(infra_settings: InfraSettings, run_dir: Path) -> Iterator[Sys
             "CHATLOG_SCRIPTED_REPLY_REPEAT": "3",
             "CHATLOG_REPLICAS": "1",
             "CHATLOG_METRICS_PORT": "0",
+            **(env or {}),
         },
     )
     try:
