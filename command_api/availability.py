@@ -25,7 +25,10 @@ class Availability:
     def __init__(self, settings: CommandSettings, registry: CollectorRegistry) -> None:
         self._settings = settings
         self.view = ReplicaView(
-            settings.kafka_bootstrap, settings.topics.replicas, settings.replica_stale_s
+            settings.kafka_bootstrap,
+            settings.topics.replicas,
+            settings.replica_stale_s,
+            settings.partitions,
         )
         self.breakers: dict[str, Breaker] = {}
         self._state = Gauge(
@@ -75,11 +78,12 @@ class Availability:
         b = self.breaker(model)
         if b.allow():
             return
-        why = (
-            "no replica of it is live"
-            if b.opened_for == "no_live_replica"
-            else "too many of its recent generations failed"
-        )
+        if b.state == "half_open":
+            why = "recovering: one probe prompt at a time until it proves healthy"
+        elif b.opened_for == "no_live_replica":
+            why = "no replica of it is live"
+        else:
+            why = "too many of its recent generations failed"
         raise ModelUnavailable(
             f"Model {model!r} is unavailable now ({why}); retry later.",
             param="model",

@@ -105,9 +105,9 @@ class ReplicaTable:
 class ReplicaView:
     """A ReplicaTable fed by a group-less consumer of chat.replicas (from the beginning)."""
 
-    def __init__(self, bootstrap: str, topic: str, stale_s: float) -> None:
+    def __init__(self, bootstrap: str, topic: str, stale_s: float, partitions: int) -> None:
         self.table = ReplicaTable(stale_s)
-        self._bootstrap, self._topic = bootstrap, topic
+        self._bootstrap, self._topic, self._partitions = bootstrap, topic, partitions
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -125,14 +125,8 @@ class ReplicaView:
     async def _run(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        while True:  # the topic may not exist yet (a command API started before inference)
-            parts = consumer.partitions_for_topic(self._topic)
-            if parts:
-                break
-            with contextlib.suppress(Exception):
-                await consumer.topics()  # refreshes metadata
-            await asyncio.sleep(1.0)
-        tps = [TopicPartition(self._topic, p) for p in sorted(parts)]
+        # Every topic has the configured partition count (infra.clients.ensure_topics).
+        tps = [TopicPartition(self._topic, p) for p in range(self._partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         while True:

@@ -63,7 +63,10 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await wait_for_dependencies(state)
         state.replicas = ReplicaView(
-            settings.kafka_bootstrap, settings.topics.replicas, settings.replica_stale_s
+            settings.kafka_bootstrap,
+            settings.topics.replicas,
+            settings.replica_stale_s,
+            settings.partitions,
         )
         await state.replicas.start()
         tune_gc()  # the hub's buffers would otherwise make full collections stall streams

@@ -155,6 +155,15 @@ def test_outage_refuses_fast_times_out_the_queued_and_recovers_by_itself(
     assert text_of(read_until_end(alice.query, after.json()["stream_url"])) == echo(
         "after the recovery"
     )
+    closed = eventually(
+        lambda: httpx.get(f"{system.command_url}/readyz").json()["models"][SCRIPTED_MODEL][
+            "breaker"
+        ]
+        == "closed",
+        timeout_s=30,
+    )
+    assert closed
+    note(t0, "/readyz: breaker closed")
     # A retry in the timed-out conversation: its partition, behind the old prompt.
     retry = submit(alice, "retrying", conversation_id=queued.json()["conversation_id"])
     assert retry.status_code == 202, retry.text
