@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from command_api.settings import CommandSettings
 from infra.clients import aio_producer
@@ -156,7 +156,7 @@ class DeadlineKeeper:
         self._s = settings
         self.book = DeadlineBook(settings.queue_timeout_s, settings.stall_timeout_s, judged=judged)
         self._consumer: AIOKafkaConsumer | None = None
-        self._producer = aio_producer(settings)
+        self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self._behind: dict[TopicPartition, int] = {}  # partition -> end offset to reach
         self.written = 0
@@ -166,19 +166,36 @@ class DeadlineKeeper:
         return self._s.queue_timeout_s > 0 or self._s.stall_timeout_s > 0
 
     async def start(self) -> None:
-        if not self.enabled:
-            return
+        """Returns at once; the keeper connects in the background, retrying while Kafka is
+        away (the command API may serve without it: `require_kafka_at_startup`)."""
+        if self.enabled:
+            self._task = asyncio.create_task(self._run(), name="deadline-keeper")
+
+    async def _connect(self) -> None:
         t = self._s.topics
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._s.kafka_bootstrap,
-            group_id=f"{self._s.topic_prefix}chatlog-deadline-keeper",
-            enable_auto_commit=False,
-            auto_offset_reset="latest",
-        )
-        self._consumer.subscribe([t.conversations, t.completions], listener=_Rebalance(self))
-        await self._producer.start()
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name="deadline-keeper")
+        while True:
+            self._producer = aio_producer(self._s)
+            self._consumer = AIOKafkaConsumer(
+                bootstrap_servers=self._s.kafka_bootstrap,
+                group_id=f"{self._s.topic_prefix}chatlog-deadline-keeper",
+                enable_auto_commit=False,
+                auto_offset_reset="latest",
+            )
+            self._consumer.subscribe([t.conversations, t.completions], listener=_Rebalance(self))
+            try:
+                await self._producer.start()
+                await self._consumer.start()
+                return
+            except Exception as exc:
+                log.warning("deadline keeper: Kafka unreachable, retrying: %r", exc)
+                await self._close()
+                await asyncio.sleep(2.0)
+
+    async def _close(self) -> None:
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.stop()
 
     def _lookback_s(self) -> float:
         return 2 * max(self._s.queue_timeout_s, self._s.stall_timeout_s) + 600
@@ -208,6 +225,7 @@ class DeadlineKeeper:
         )
 
     async def _run(self) -> None:
+        await self._connect()
         assert self._consumer is not None
         while True:
             try:
@@ -230,6 +248,7 @@ class DeadlineKeeper:
                 await asyncio.sleep(1.0)
 
     async def _write(self, failed: CompletionFailed) -> None:
+        assert self._producer is not None
         value, headers = encode(failed)
         key = failed.key.encode()
         t = self._s.topics
@@ -244,10 +263,7 @@ class DeadlineKeeper:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for client in (self._consumer, self._producer):
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    await client.stop()
+        await self._close()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -116,15 +116,24 @@ class ReplicaView:
         return self._task is not None and not self._task.done()
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, enable_auto_commit=False
-        )
-        await self._consumer.start()
+        """Returns at once: the consumer connects in the background (a service may start,
+        and serve, while Kafka is away; until the beats come, no model is judged)."""
         self._task = asyncio.create_task(self._run(), name="replica-view")
 
+    async def _connect(self) -> AIOKafkaConsumer:
+        while True:
+            consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+            try:
+                await consumer.start()
+                return consumer
+            except Exception as exc:
+                log.warning("replica view: Kafka unreachable, retrying: %r", exc)
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                await asyncio.sleep(2.0)
+
     async def _run(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
+        consumer = self._consumer = await self._connect()
         # Every topic has the configured partition count (infra.clients.ensure_topics).
         tps = [TopicPartition(self._topic, p) for p in range(self._partitions)]
         consumer.assign(tps)
