@@ -20,7 +20,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from psycopg_pool import AsyncConnectionPool
 
+from command_api.availability import Availability
 from command_api.ddl import apply_command_ddl
+from command_api.deadlines import DeadlineKeeper
 from command_api.deps import Context
 from command_api.eventlog import KafkaEventLog
 from command_api.fastpath import DirectRoute
@@ -136,6 +138,10 @@ async def _running(settings: CommandSettings, metrics: Metrics) -> AsyncIterator
         base_url=settings.query_api_url, timeout=httpx.Timeout(10.0, read=120.0)
     )
     janitor: asyncio.Task[None] | None = None
+    availability = Availability(settings, metrics.registry)
+    keeper = DeadlineKeeper(
+        settings, judged=lambda model: availability.view.table.health(model) is not None
+    )
     try:
         await asyncio.to_thread(_migrate, settings)
         await log_.start(settings.startup_timeout_s, required=settings.require_kafka_at_startup)
@@ -153,7 +159,10 @@ async def _running(settings: CommandSettings, metrics: Metrics) -> AsyncIterator
             streams=StreamSource(http, not_found_grace_s=settings.continuation_wait_s),
             resolver=KeyResolver(ttl_s=0),  # AuthCache is the one cache: bounds never stack
             metrics=metrics,
+            availability=availability,
         )
+        await availability.start()
+        await keeper.start()
         janitor = asyncio.create_task(_janitor(store))
         tune_gc()  # full collections were the accept latency's p99 (infra.runtime says why)
         yield ctx
@@ -162,6 +171,8 @@ async def _running(settings: CommandSettings, metrics: Metrics) -> AsyncIterator
             janitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await janitor
+        await keeper.stop()
+        await availability.stop()
         await http.aclose()
         await log_.close()
         await pool.close()

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, Request
 from psycopg_pool import AsyncConnectionPool
 
+from command_api.availability import Availability
 from command_api.eventlog import KafkaEventLog
 from command_api.metrics import Metrics
 from command_api.prompts import PromptService
@@ -33,6 +34,7 @@ class Context:
     streams: StreamSource
     resolver: KeyResolver
     metrics: Metrics
+    availability: Availability
     auth_cache: AuthCache = field(default_factory=lambda: AuthCache())
 
 

@@ -39,3 +39,10 @@ class UpstreamUnavailable(Unavailable):
     """The query API (the source of the token stream) could not be reached."""
 
     code = "stream_unavailable"
+
+
+class ModelUnavailable(Unavailable):
+    """The model's breaker is open (no live replica, or too many failures): nothing was
+    accepted; retry after the `Retry-After` header's seconds."""
+
+    code = "model_unavailable"

@@ -23,6 +23,17 @@ class CompletionError(ApiError):
     status, type, code = 500, "server_error", "completion_failed"
 
 
+class CompletionUnavailable(CompletionError):
+    """The generation ended with a retryable failure of availability (it waited past its
+    queue deadline, or stalled): 503, so clients retry as they do for any outage."""
+
+    status, type = 503, "service_unavailable"
+
+
+# CompletionFailed codes a waiting (non-streaming) call answers with 503 + Retry-After.
+UNAVAILABLE_CODES = frozenset({"queue_timeout", "stalled"})
+
+
 def sse_data(payload: dict[str, Any] | str) -> str:
     body = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {body}\n\n"
@@ -132,9 +143,12 @@ async def collect(
             parts, attempt = [], data.get("attempt", attempt)
         elif ev.event == "error":
             err = data.get("error") or {}
-            raise CompletionError(
-                str(err.get("message", "The generation failed.")), code=err.get("code")
-            )
+            message = str(err.get("message", "The generation failed."))
+            if err.get("code") in UNAVAILABLE_CODES:
+                raise CompletionUnavailable(
+                    message, code=err.get("code"), headers={"Retry-After": "5"}
+                )
+            raise CompletionError(message, code=err.get("code"))
         elif ev.event == "done":
             return {
                 "id": request_id,

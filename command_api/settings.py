@@ -55,6 +55,14 @@ class CommandSettings(InfraSettings):
     # any accept takes (its waits are continuation_wait_s and kafka_send_timeout_s).
     idempotency_pending_s: float = 60.0
 
+    # Circuit breaker per model (breaker.py): opens with no live replica, or when at least
+    # breaker_min_calls outcomes in breaker_window_s failed at breaker_failure_rate or more;
+    # half-opens after breaker_cooldown_s.
+    breaker_window_s: float = 30.0
+    breaker_min_calls: int = 5
+    breaker_failure_rate: float = 0.5
+    breaker_cooldown_s: float = 5.0
+
     pg_pool_min: int = 2
     pg_pool_max: int = 16
     # Group commit of admissions (batching.py): at most this many admission round trips in

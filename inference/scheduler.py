@@ -37,6 +37,7 @@ from schemas.events import (
     CompletionStarted,
     Event,
     FinishReason,
+    PromptSubmitted,
     TokenChunk,
     Usage,
 )
@@ -68,6 +69,7 @@ class Scheduler:
         observer: Done | None = None,
         delivery_retries: int = 3,
         retry_backoff_s: float = 0.5,
+        expired: Callable[[PromptSubmitted, int], bool] | None = None,
     ) -> None:
         self.engine = engine
         self._pub = publisher
@@ -78,6 +80,8 @@ class Scheduler:
         self._observer = observer
         self._delivery_retries = delivery_retries
         self._retry_backoff_s = retry_backoff_s
+        # A waiting first attempt past its queue deadline is dropped, not started (#14)
+        self._expired = expired
         self._reruns: set[asyncio.TimerHandle] = set()
         self.waiting: deque[Request] = deque()
         self.running: dict[str, Request] = {}
@@ -195,6 +199,10 @@ class Scheduler:
         while self.waiting and len(self.running) < self._max_batch:
             req = self.waiting.popleft()
             assert req.prepared is not None
+            if self._expired is not None and self._expired(req.prompt, req.attempt):
+                self.by_request.pop(req.request_id, None)
+                self._on_done(req)  # nothing of it was emitted; the deadline keeper ends it
+                continue
             req.joined_at = now
             self._metrics.queue_time.observe(now - req.consumed_at)
             self._metrics.prompt_tokens.inc(req.prompt_tokens)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from inference.chunker import Chunker
 from inference.detok import IncrementalDetokenizer, StopMatcher
 from inference.engine import Engine, EngineError
+from inference.heartbeat import Heartbeat
 from inference.ledger import AttemptLedger, LedgerUnavailable, scan_partitions
 from inference.metrics import WorkerMetrics
 from inference.offsets import OffsetTracker
@@ -82,6 +84,17 @@ class ReplicaWorker:
             observer=observer,
             delivery_retries=settings.delivery_retries,
             retry_backoff_s=settings.delivery_backoff_s,
+            expired=self._expired,
+        )
+        self._beat_producer = aio_producer(settings)
+        self.heartbeat = Heartbeat(
+            self._beat_producer,
+            self._topics.replicas,
+            replica_id=self.replica_id,
+            model=engine.model_id,
+            interval_s=settings.heartbeat_interval_s,
+            load=lambda: (len(self.scheduler.running), len(self.scheduler.waiting)),
+            serving=lambda: self.healthy()[0],
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.assigned: set[int] = set()  # assigned AND scanned by the ledger: safe to process
@@ -96,6 +109,7 @@ class ReplicaWorker:
         s = self.settings
         await asyncio.to_thread(ensure_topics, s)  # idempotent; a lone worker needs them too
         await self.publisher.start()
+        await self._beat_producer.start()
         common: dict[str, Any] = {"bootstrap_servers": s.kafka_bootstrap}
         self._reader = AIOKafkaConsumer(**common, enable_auto_commit=False)
         await self._reader.start()
@@ -120,6 +134,7 @@ class ReplicaWorker:
             ("flush", self.scheduler.run_flusher()),
             ("commit", self._commit_loop()),
             ("cancel-watch", self._watch_cancels()),
+            ("heartbeat", self.heartbeat.run()),
         ):
             self._tasks.append(asyncio.create_task(coro, name=f"{self.replica_id}:{name}"))
 
@@ -149,6 +164,9 @@ class ReplicaWorker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.heartbeat.stopped()
+        with contextlib.suppress(Exception):
+            await self._beat_producer.stop()
         self.scheduler.close()
         with contextlib.suppress(Exception):
             await self.publisher.drain()
@@ -254,10 +272,23 @@ class ReplicaWorker:
             self.scheduler.cancel(event.request_id)
         self.offsets.consumed(p, off, done=True)
 
+    def _expired(self, prompt: PromptSubmitted, attempt: int) -> bool:
+        """A first attempt past its queue deadline is not started: the command API's
+        deadline keeper (the one writer) ends it with `queue_timeout`, and generating it
+        now would answer a prompt its client was already told had failed."""
+        limit = self.settings.queue_timeout_s
+        return attempt == 1 and limit > 0 and time.time() - prompt.occurred_at.timestamp() > limit
+
     def _prompt(self, prompt: PromptSubmitted, partition: int, offset: int) -> None:
         known = self.ledger.get(prompt.request_id)
         if (known is not None and known.final) or prompt.request_id in self.scheduler.by_request:
             self.offsets.consumed(partition, offset, done=True)  # finished, or a duplicate
+            return
+        if known is None and self._expired(prompt, 1):
+            log.info(
+                "%s: %s is past its queue deadline: not started", self.replica_id, prompt.request_id
+            )
+            self.offsets.consumed(partition, offset, done=True)
             return
         attempt = (known.last_attempt if known else 0) + 1
         self.ledger.note(prompt.request_id, attempt, final=False)
@@ -284,6 +315,7 @@ class ReplicaWorker:
             self.scheduler.cancel(prompt.request_id)
 
     def _request_done(self, req: Request) -> None:
+        self.heartbeat.observe(req)
         self.ledger.note(req.request_id, req.attempt, final=True)
         self.offsets.finish(req.partition, req.offset)
 

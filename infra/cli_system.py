@@ -10,7 +10,13 @@ from typing import Any
 
 from infra.local import LocalStack
 from infra.settings import InfraSettings
-from infra.system import Probe, System, assess, exit_code
+from infra.system import (
+    Probe,
+    System,
+    assess,
+    exit_code,
+    model_verdicts,
+)
 
 DEMO_USER = "demo"
 
@@ -114,6 +120,7 @@ def cmd_status(_: argparse.Namespace) -> int:
         except Exception as exc:  # e.g. a read model without its tables yet
             error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     verdicts = assess(probes, lags, settings.status_max_lag_events, error)
+    verdicts += model_verdicts(system.models())  # the breakers: can a prompt be answered?
     for v in verdicts:
         print(f"{v.name:20} {v.state:8} {v.detail}")
     return exit_code(verdicts)

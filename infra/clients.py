@@ -63,7 +63,8 @@ def topic_configs(settings: InfraSettings) -> dict[str, dict[str, str]]:
     token chunks only serve live and resumed streams (`completions_retention_ms`); chat.dlq
     keeps copies of poison records long enough for an operator to fix and re-publish them
     (`dlq_retention_ms`). Size never deletes anything (`retention.bytes=-1`) and nothing is
-    compacted (`cleanup.policy=delete`): every event of a key matters, not only its last.
+    compacted (`cleanup.policy=delete`): every event of a key matters, not only its last --
+    except chat.replicas, whose beats only matter as each replica's latest.
     """
 
     def config(retention_ms: int) -> dict[str, str]:
@@ -79,6 +80,8 @@ def topic_configs(settings: InfraSettings) -> dict[str, dict[str, str]]:
         t.completions: config(settings.completions_retention_ms),
         t.answers: config(-1),
         t.dlq: config(settings.dlq_retention_ms),
+        # chat.replicas is the one compacted topic: only each replica's last beat matters.
+        t.replicas: {"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"},
     }
 
 

@@ -55,6 +55,16 @@ class InfraSettings(BaseSettings):
     # Browser sessions: their lifetime, and the origins (comma-separated) CORS allows.
     session_ttl_s: float = 12 * 3600.0
     cors_origins: str = ""
+    # Replica health (#14): each replica beats on chat.replicas every heartbeat_interval_s;
+    # readers call it gone once its last beat is older than replica_stale_s.
+    heartbeat_interval_s: float = 1.0
+    replica_stale_s: float = 4.0
+    # Queue deadline (#14): a prompt not started this long after it was accepted ends with a
+    # retryable CompletionFailed `queue_timeout` (0 disables). A started attempt with no
+    # event for stall_timeout_s ends with `stalled`. Read by the command API's deadline
+    # keeper (the one writer) and by the replicas (which refuse an expired prompt).
+    queue_timeout_s: float = 30.0
+    stall_timeout_s: float = 120.0
 
     @property
     def model_ids(self) -> list[str]:

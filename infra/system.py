@@ -7,15 +7,18 @@ report healthy before starting the next that depends on it.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from infra import gateway
 from infra.local.procs import ServiceError, port_open, read_pid, spawn, stop_pid, wait_until
@@ -228,6 +231,25 @@ class System:
         except Exception:
             return False
 
+    def models(self) -> dict[str, Any] | None:
+        """The command API's per-model view (its /readyz `models`, read even from a 503);
+        None when it does not answer."""
+        url = self.health_url(component("command_api"))
+        if url is None or not self.running(component("command_api")):
+            return None
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                body = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                body = json.loads(exc.read())
+            except ValueError:
+                return None
+        except Exception:
+            return None
+        models = body.get("models") if isinstance(body, dict) else None
+        return models if isinstance(models, dict) else None
+
     def env(self) -> dict[str, str]:
         return {
             **settings_env(self.settings),
@@ -349,6 +371,23 @@ def _probe_verdict(p: Probe) -> Verdict:
     if p.healthy:
         return Verdict(p.name, HEALTHY, p.where)
     return Verdict(p.name, DOWN, f"running, not answering {p.where}" if p.running else "stopped")
+
+
+def model_verdicts(models: Mapping[str, Any] | None) -> list[Verdict]:
+    """A line per model from the command API's breakers: healthy (closed), degraded
+    (half-open: probing), down (open: its prompts answer 503 model_unavailable)."""
+    out: list[Verdict] = []
+    for model, view in sorted((models or {}).items()):
+        breaker = str(view.get("breaker"))
+        state = {"closed": HEALTHY, "half_open": DEGRADED}.get(breaker, DOWN)
+        live = view.get("live_replicas")
+        replicas = "no replica seen yet" if live is None else f"{live} live replica(s)"
+        out.append(
+            Verdict(
+                f"model {model}", state, f"breaker {breaker} ({view.get('reason')}), {replicas}"
+            )
+        )
+    return out
 
 
 def exit_code(verdicts: Sequence[Verdict]) -> int:

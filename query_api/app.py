@@ -13,6 +13,7 @@ from infra.auth import KeyResolver
 from infra.clients import ensure_topics
 from infra.http import install_error_handlers
 from infra.openapi import error_response, install_openapi
+from infra.replicas import ReplicaView
 from infra.runtime import tune_gc
 from query_api.db import make_pool
 from query_api.deps import AppState
@@ -62,6 +63,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await wait_for_dependencies(state)
+        state.replicas = ReplicaView(
+            settings.kafka_bootstrap,
+            settings.topics.replicas,
+            settings.replica_stale_s,
+            settings.partitions,
+        )
+        await state.replicas.start()
         tune_gc()  # the hub's buffers would otherwise make full collections stall streams
         state.ready = True
         try:
@@ -69,6 +77,7 @@ def create_app(
         finally:
             state.ready = False
             await hub.stop()
+            await state.replicas.stop()
             await pool.close()
             if isinstance(search_backend, MeiliSearch):
                 await search_backend.aclose()

@@ -10,6 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from infra.auth import KeyResolver
 from infra.http import Unauthorized, bearer_key
+from infra.replicas import ReplicaView
 from query_api.durable import DurableSource
 from query_api.hub import Hub
 from query_api.metrics import Metrics
@@ -29,6 +30,7 @@ class AppState:
     keys: KeyResolver
     metrics: Metrics
     ready: bool = False
+    replicas: ReplicaView | None = None  # chat.replicas' beats, for /v1/models (#14)
 
 
 def get_state(request: Request) -> AppState:

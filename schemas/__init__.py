@@ -14,6 +14,7 @@ from schemas.events import (
     Event,
     GenerationParams,
     PromptSubmitted,
+    ReplicaHeartbeat,
     TokenChunk,
     Usage,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "EventDecodeError",
     "GenerationParams",
     "PromptSubmitted",
+    "ReplicaHeartbeat",
     "TokenChunk",
     "Topics",
     "UnknownEventType",

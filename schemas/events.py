@@ -148,6 +148,25 @@ class CompletionFailed(Event):
     retryable: bool
 
 
+@dataclass(frozen=True, kw_only=True)
+class ReplicaHeartbeat(Event):
+    """A replica's beat on chat.replicas (compacted): keyed by replica, not conversation,
+    so the topic keeps each replica's last beat and a reader starting late sees them all."""
+
+    event_type: ClassVar[str] = "ReplicaHeartbeat"
+    replica_id: str
+    model: str
+    state: str  # "serving" | "starting" | "stopped"
+    running: int
+    waiting: int
+    interval_ms: int
+    ttft_ms: float | None = None
+
+    @property
+    def key(self) -> str:
+        return self.replica_id
+
+
 ConversationEvent = PromptSubmitted | CancelRequested | ConversationRenamed | ConversationDeleted
 CompletionEvent = CompletionStarted | TokenChunk | CompletionFinished | CompletionFailed
 AnyEvent = ConversationEvent | CompletionEvent
@@ -163,5 +182,6 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         TokenChunk,
         CompletionFinished,
         CompletionFailed,
+        ReplicaHeartbeat,
     )
 }

@@ -12,9 +12,13 @@ COMPLETIONS = "chat.completions"
 # rebuild reproduces every stored message after the chunks are gone.
 ANSWERS = "chat.answers"
 DLQ = "chat.dlq"
+# Replica health (#14): each replica's ReplicaHeartbeat, keyed by replica_id, compacted so
+# only the last beat per replica stays; the command API's breakers and the query API's
+# /v1/models read it from the beginning.
+REPLICAS = "chat.replicas"
 DEFAULT_PARTITIONS = 12
 
-ALL_TOPICS: tuple[str, ...] = (CONVERSATIONS, COMPLETIONS, ANSWERS, DLQ)
+ALL_TOPICS: tuple[str, ...] = (CONVERSATIONS, COMPLETIONS, ANSWERS, DLQ, REPLICAS)
 
 
 @dataclass(frozen=True)
@@ -39,5 +43,9 @@ class Topics:
     def dlq(self) -> str:
         return self.prefix + DLQ
 
+    @property
+    def replicas(self) -> str:
+        return self.prefix + REPLICAS
+
     def all(self) -> tuple[str, ...]:
-        return (self.conversations, self.completions, self.answers, self.dlq)
+        return (self.conversations, self.completions, self.answers, self.dlq, self.replicas)

@@ -58,6 +58,7 @@ async def create_chat_completion(request: Request) -> Response:
     try:
         raw = await read_body(request, ctx.settings.max_body_bytes)
         prompt = parse_body(raw, ctx.settings)
+        ctx.availability.check(prompt.model)  # 503 model_unavailable: nothing is accepted
         # Admission resolves API keys only: a session (the gateway's cookie) is resolved here.
         early = idempotency_key is not None or prompt.conversation_id is not None
         if user is None and (early or is_session(key)):
@@ -100,6 +101,7 @@ async def create_chat_completion(request: Request) -> Response:
                 conversation_id=accepted.conversation_id,
             )
     except CompletionError as exc:  # the generation itself failed
+        ctx.availability.record(accepted.model, exc.code or "completion_failed")
         exc.headers.update(headers)
         raise
     except UpstreamUnavailable as exc:
@@ -115,6 +117,7 @@ async def create_chat_completion(request: Request) -> Response:
             f"{accepted.stream_url}.",
             headers=headers,
         ) from exc
+    ctx.availability.record(accepted.model, None)
     return JSONResponse(body, headers=headers)
 
 
@@ -127,6 +130,13 @@ async def relay(
     try:
         async for event in ctx.streams.events(accepted.request_id, authorization):
             frames, over = mapper.on_event(event)
+            if over:
+                code = (
+                    (event.data.get("error") or {}).get("code") if event.event == "error" else None
+                )
+                ctx.availability.record(
+                    accepted.model, code or (None if event.event == "done" else "error")
+                )
             for frame in frames:
                 yield frame
             if over:

@@ -21,7 +21,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(ctx: Ctx) -> JSONResponse:
-    """Kafka and Postgres are reachable now."""
+    """Kafka and Postgres are reachable now, and some model can answer (its breaker is not open)."""
 
     async def postgres() -> bool:
         try:
@@ -32,9 +32,15 @@ async def readyz(ctx: Ctx) -> JSONResponse:
         return True
 
     pg, kafka = await asyncio.gather(postgres(), ctx.log.ping())
-    ready = pg and kafka
+    models = ctx.availability.snapshot()
+    # Not ready when no model can take a prompt: every one of them would answer 503.
+    answering = [m for m, v in models.items() if v["breaker"] != "open"]
+    ready = pg and kafka and bool(answering)
+    status = (
+        "unavailable" if not ready else ("ready" if len(answering) == len(models) else "degraded")
+    )
     return JSONResponse(
-        {"status": "ready" if ready else "unavailable", "postgres": pg, "kafka": kafka},
+        {"status": status, "postgres": pg, "kafka": kafka, "models": models},
         status_code=200 if ready else 503,
     )
 

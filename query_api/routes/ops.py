@@ -43,14 +43,39 @@ async def metrics(state: State) -> Response:
 
 @router.get("/v1/models")
 async def models(state: State, _: CurrentUser) -> dict[str, Any]:
-    """The models the inference deployment serves; the first is the default."""
-    return {
-        "object": "list",
-        "data": [
-            {"id": m, "object": "model", "created": 0, "owned_by": "chatlog"}
-            for m in state.settings.model_ids
-        ],
-    }
+    """The models that can answer now (a live replica beats on chat.replicas), the default
+    first; a model known but down is listed under `unavailable` instead."""
+    table = state.replicas.table if state.replicas is not None else None
+    names = [*state.settings.model_ids]
+    names += [m for m in (table.models() if table else []) if m not in names]
+    data: list[dict[str, Any]] = []
+    down: list[dict[str, Any]] = []
+    for m in names:
+        entry: dict[str, Any] = {"id": m, "object": "model", "created": 0, "owned_by": "chatlog"}
+        health = table.health(m) if table else None
+        if health is None:  # no replica of it ever beat: not judged (as before #14)
+            data.append(entry)
+        elif health.available:
+            data.append(
+                {
+                    **entry,
+                    "live_replicas": health.live_replicas,
+                    "running": health.running,
+                    "waiting": health.waiting,
+                    "ttft_ms": health.ttft_ms,
+                }
+            )
+        else:
+            age = health.last_beat_age_s
+            down.append(
+                {
+                    **entry,
+                    "status": "unavailable",
+                    "reason": "no live replica",
+                    "last_beat_s_ago": None if age is None else round(age, 1),
+                }
+            )
+    return {"object": "list", "data": data, "unavailable": down}
 
 
 @router.get("/v1/models/{model_id}")

@@ -174,11 +174,12 @@ async def test_bad_input_is_refused_in_the_openai_shape(client, settings, new_us
 async def test_health_readiness_and_metrics(client):
     assert (await client.get("/healthz")).status_code == 200
     ready = await client.get("/readyz")
-    assert ready.status_code == 200 and ready.json() == {
-        "status": "ready",
-        "postgres": True,
-        "kafka": True,
-    }
+    body = ready.json()
+    models = body.pop("models")
+    assert ready.status_code == 200 and body == {"status": "ready", "postgres": True, "kafka": True}
+    # no replica ever beat here: each model is not judged, its breaker closed (#14)
+    assert {m["breaker"] for m in models.values()} == {"closed"}
+    assert {m["live_replicas"] for m in models.values()} == {None}
     text = (await client.get("/metrics")).text
     assert "chatlog_command_requests_total" in text
     assert 'chatlog_command_rejections_total{reason="rate_limit_exceeded"}' in text

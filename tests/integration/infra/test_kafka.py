@@ -20,7 +20,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from infra.clients import ensure_topics, producer_config
 from infra.harness import Services, isolated_settings
 from infra.settings import InfraSettings
-from schemas import Event, decode, encode
+from schemas import Event, ReplicaHeartbeat, decode, encode
 from tests.unit.schemas.test_codec import SAMPLES
 
 pytestmark = pytest.mark.integration
@@ -42,6 +42,8 @@ def test_every_event_round_trips_through_kafka_in_order_per_key(
     sent = []
     for conversation in ("conv-a", "conv-b", "conv-c"):
         for i, sample in enumerate(SAMPLES):
+            if isinstance(sample, ReplicaHeartbeat):
+                continue  # keyed by replica, on chat.replicas: not a conversation's event
             event = type(sample)(
                 **{
                     **sample.__dict__,
@@ -115,10 +117,11 @@ def test_topics_are_created_with_their_retention(infra_settings: InfraSettings) 
         t.answers: "-1",
         t.completions: str(3 * 24 * 3600 * 1000),
         t.dlq: str(30 * 24 * 3600 * 1000),
+        t.replicas: "-1",
     }
     for topic in t.all():
         assert configs[topic]["retention.bytes"] == "-1"
-        assert configs[topic]["cleanup.policy"] == "delete"
+        assert configs[topic]["cleanup.policy"] == ("compact" if topic == t.replicas else "delete")
 
 
 @pytest.fixture
@@ -159,7 +162,7 @@ def test_ensure_topics_corrects_the_retention_of_existing_topics(
     with caplog.at_level(logging.WARNING, logger="infra.clients"):
         created = ensure_topics(stray_settings)
 
-    assert sorted(created) == sorted([t.completions, t.dlq])
+    assert sorted(created) == sorted([t.completions, t.dlq, t.replicas])
     configs = _topic_configs(stray_settings.kafka_bootstrap, list(t.all()))
     assert configs[t.conversations]["retention.ms"] == "-1"
     assert configs[t.answers]["retention.ms"] == "-1"
@@ -168,7 +171,7 @@ def test_ensure_topics_corrects_the_retention_of_existing_topics(
     assert f"topic {t.conversations}: retention.ms was {hour}, set to -1" in warnings
     # The broker's default, 7 days, on the topic created without configs.
     assert f"topic {t.answers}: retention.ms was {7 * 24 * 3600 * 1000}, set to -1" in warnings
-    assert not any(t.completions in w or t.dlq in w for w in warnings)  # created right
+    assert not any(t.completions in w or t.dlq in w or t.replicas in w for w in warnings)
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="infra.clients"):

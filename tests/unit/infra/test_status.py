@@ -50,3 +50,17 @@ def test_unreadable_lag_is_down() -> None:
         "projections", DOWN, "lag unreadable: needs Kafka and PostgreSQL"
     )
     assert exit_code(verdicts) == 1
+
+
+def test_each_model_gets_a_line_from_its_breaker() -> None:
+    from infra.system import model_verdicts
+
+    verdicts = model_verdicts(
+        {
+            "up": {"breaker": "closed", "reason": "ok", "live_replicas": 1},
+            "down": {"breaker": "open", "reason": "no_live_replica", "live_replicas": 0},
+        }
+    )
+    assert states(verdicts) == {"model down": DOWN, "model up": HEALTHY}
+    assert exit_code([*assess(UP, {"postgres": 0}, max_lag=1), *verdicts]) == 1
+    assert model_verdicts(None) == []

@@ -23,6 +23,7 @@ from schemas import (
     Event,
     GenerationParams,
     PromptSubmitted,
+    ReplicaHeartbeat,
     TokenChunk,
     UnknownEventType,
     Usage,
@@ -66,6 +67,10 @@ SAMPLES: list[Event] = [
         error_code="context_too_long",
         message="prompt is 9000 tokens",
         retryable=False,
+    ),
+    ReplicaHeartbeat(
+        replica_id="rep-a", model="m", state="serving", running=2, waiting=1, interval_ms=1000,
+        ttft_ms=35.0,
     ),
 ]
 
@@ -202,5 +207,6 @@ def test_trailing_garbage_is_corrupt() -> None:
         decode(value + b"\x00\x01", headers)
 
 
-def test_key_is_the_conversation_id() -> None:
-    assert all(e.key == "c1" for e in SAMPLES)
+def test_key_is_the_conversation_id_but_a_heartbeat_is_keyed_by_its_replica() -> None:
+    assert all(e.key == "c1" for e in SAMPLES if not isinstance(e, ReplicaHeartbeat))
+    assert next(e for e in SAMPLES if isinstance(e, ReplicaHeartbeat)).key == "rep-a"
