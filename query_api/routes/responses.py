@@ -40,10 +40,11 @@ async def get_response(
 ) -> dict[str, Any] | SseResponse:
     """The Response object, or (`stream=true`) its event stream after `starting_after`."""
     await require_owner(state, user, response_id)  # waits briefly for a just-accepted one
-    if not stream:
-        return response_object(await get_completion(state, user, response_id))
     view = await get_completion(state, user, response_id)
-    mapper = ResponseStream(response_id, view["model"], created_at(view), view["conversation_id"])
+    created = _created(state, view)
+    if not stream:
+        return {**response_object(view), "created_at": created}
+    mapper = ResponseStream(response_id, view["model"], created, view["conversation_id"])
     after = -1 if starting_after is None else starting_after
     session = StreamSession(
         state.settings, state.hub, state.durable, state.metrics, response_id, None
@@ -65,6 +66,12 @@ async def get_response(
                     return
 
     return SseResponse(frames, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _created(state: AppState, view: dict[str, Any]) -> int:
+    """The same creation time however early it is read (the projection may lag)."""
+    owner = state.hub.owner(view["id"])
+    return created_at(view) or (int(owner.created_at) if owner else 0)
 
 
 @router.get("/{response_id}/input_items")

@@ -60,7 +60,8 @@ def finished(client: OpenAI, response_id: str) -> Response:
         r = client.responses.retrieve(response_id)
         return r if r.status in ("completed", "cancelled", "failed", "incomplete") else None
 
-    return eventually(poll)
+    done: Response = eventually(poll)
+    return done
 
 
 def check_stream(events: list[Any], text: str) -> None:
@@ -80,7 +81,8 @@ def test_create_waits_for_the_answer_and_retrieve_reads_it(alice: OpenAI) -> Non
     again = alice.responses.retrieve(r.id)
     assert (again.status, again.output_text) == ("completed", echo("hello"))
     items = alice.responses.input_items.list(r.id, order="asc")
-    texts = [(i.role, i.content[0].text) for i in items.data]  # type: ignore[union-attr]
+    raw: list[dict[str, Any]] = [item.to_dict() for item in items.data]
+    texts = [(i["role"], i["content"][0]["text"]) for i in raw]
     assert texts == [("system", "Be brief."), ("user", "hello")]
 
 
@@ -105,7 +107,7 @@ def test_a_dropped_stream_resumes_with_exactly_the_rest(alice: OpenAI) -> None:
     stream = alice.responses.create(
         model=SCRIPTED_MODEL, input=RESUME, stream=True, background=True
     )
-    seen = []
+    seen: list[Any] = []
     for event in stream:
         seen.append(event)
         if len(seen) == 8:
