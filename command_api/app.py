@@ -73,6 +73,7 @@ def create_app(settings: CommandSettings | None = None, **overrides: Any) -> Fas
 
 
 ACCEPT = ("post", "/v1/chat/completions")
+RESPOND = ("post", "/v1/responses")
 _OBJECT = {"application/json": {"schema": {"type": "object"}}}
 
 
@@ -91,9 +92,12 @@ def _document(app: FastAPI, settings: CommandSettings) -> None:
     install_openapi(
         app,
         public={"/healthz", "/readyz", "/metrics"},
-        bodies={ACCEPT: ChatCompletionBody},
+        bodies={ACCEPT: ChatCompletionBody, RESPOND: responses.ResponsesBody},
         # 500/504: a `stream: false` wait whose generation failed / outlasted the wait
-        errors={ACCEPT: (400, 404, 409, 413, 422, 429, 500, 504)},
+        errors={
+            ACCEPT: (400, 404, 409, 413, 422, 429, 500, 504),
+            RESPOND: (400, 404, 409, 413, 429, 504),
+        },
         headers={ACCEPT: ("Idempotency-Key", "Prefer", "traceparent")},
         refine=refine,
         responses={
@@ -104,6 +108,13 @@ def _document(app: FastAPI, settings: CommandSettings) -> None:
                     "content": {**_OBJECT, "text/event-stream": {"schema": {"type": "string"}}},
                 },
                 202: {"description": "Accepted (`Prefer: respond-async`)", "content": _OBJECT},
+            },
+            RESPOND: {
+                200: {
+                    "description": "The Response (queued with `background`), or its SSE "
+                    "event stream (`stream: true`)",
+                    "content": {**_OBJECT, "text/event-stream": {"schema": {"type": "string"}}},
+                }
             },
             ("post", "/v1/chat/completions/{request_id}/cancel"): {
                 202: {"description": "Cancel requested now", "content": _OBJECT}

@@ -88,6 +88,15 @@ def create_app(
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 }
             },
+            ("get", "/v1/responses/{response_id}"): {
+                200: {
+                    "description": "The Response, or (`stream=true`) its SSE event stream",
+                    "content": {
+                        "application/json": {"schema": {"type": "object"}},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                }
+            },
             ("get", "/readyz"): {503: error_response(503)},
             ("get", "/metrics"): {
                 200: {

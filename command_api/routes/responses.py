@@ -2,7 +2,8 @@
 
 `POST /v1/responses` becomes a chat-completions body and is accepted by `PromptService`
 exactly as `POST /v1/chat/completions` is: one PromptSubmitted, whose request id is the
-response id. `previous_response_id` continues that response's conversation after it
+response id. With `Prefer: respond-async` the Response is answered at once (queued), as
+with `background`. `previous_response_id` continues that response's conversation after it
 (`parent_request_id` = that request); `conversation` continues a conversation at its last
 turn. The Response object and its event stream are the query API's
 (`query_api/routes/responses.py`), read over HTTP with the caller's own key: this service
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from command_api.deps import Context, Ctx, CurrentUser, current_user, get_context
 from command_api.errors import GatewayTimeout, UpstreamUnavailable
-from command_api.routes.completions import cancel_chat_completion, read_body
+from command_api.routes.completions import cancel_chat_completion, read_body, wants_async
 from command_api.routes.conversations import delete_conversation
 from command_api.tracing import traceparent_for
 from command_api.validation import parse_body, path_id, refuse_unstorable
@@ -196,13 +197,14 @@ async def create_response(request: Request) -> JSONResponse | StreamingResponse:
     )
     headers = {**accepted.rate_headers, "x-request-id": accepted.request_id}
     rid = accepted.request_id
-    if body.stream:
+    prefer_async = wants_async(request.headers.get("prefer"))  # the chat endpoint's rule
+    if body.stream and not prefer_async:
         return StreamingResponse(
             _relay(ctx, rid, authorization),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    if not body.background:
+    if not (body.background or prefer_async):
         await _wait(ctx, rid, authorization)
     obj = await _fetch(ctx, rid, authorization)
     obj.update(
