@@ -30,7 +30,7 @@ from command_api.errors import GatewayTimeout, UpstreamUnavailable
 from command_api.routes.completions import cancel_chat_completion, read_body, wants_async
 from command_api.routes.conversations import delete_conversation
 from command_api.tracing import traceparent_for
-from command_api.validation import parse_body, path_id, refuse_unstorable
+from command_api.validation import _union_tag, parse_body, path_id, refuse_unstorable
 from infra.http import BadRequest, NotFound
 
 router = APIRouter(prefix="/v1/responses", tags=["responses"])
@@ -90,7 +90,7 @@ def _parse(raw: bytes) -> ResponsesBody:
         body = ResponsesBody.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"] if isinstance(p, int) or "[" not in p)
+        param = ".".join(str(p) for p in first["loc"] if not _union_tag(p))
         raise BadRequest(
             f"{param}: {first['msg']}", param=param or None, code="invalid_value"
         ) from exc
