@@ -154,6 +154,8 @@ def test_previous_response_id_chains_three_turns(alice: OpenAI, system: System) 
         ("assistant", echo("three")),
     ]
     assert [i.id for i in alice.responses.input_items.list(r3.id).data] == [f"msg_{r3.id}:user"]
+    r4 = alice.responses.create(model=SCRIPTED_MODEL, input="four", conversation=conversation)
+    assert extra(r4, "conversation_id") == conversation and r4.output_text == echo("four")
 
 
 def test_users_are_isolated_on_every_path(alice: OpenAI, bob: OpenAI) -> None:
