@@ -117,11 +117,7 @@ def unstorable(text: str) -> str | None:
     """Why `text` cannot be stored (a lone surrogate, U+0000), or None when it can."""
     if not _unstorable(text):
         return None
-    return (
-        "contains U+0000 (NUL)"
-        if "\x00" in text
-        else "contains a lone surrogate (not valid Unicode)"
-    )
+    return "contains U+0000 (NUL)" if "\x00" in text else "contains a lone surrogate (not valid Unicode)"
 
 
 def check_text(text: str, param: str) -> None:
