@@ -193,3 +193,15 @@ def test_delete_then_errors_are_openai_shaped(alice: OpenAI) -> None:
     with pytest.raises(BadRequestError) as bad:
         alice.responses.create(model=SCRIPTED_MODEL, input="x", max_output_tokens=10**9)
     assert bad.value.param == "max_output_tokens"
+
+
+def test_a_failed_generation_is_a_failed_response(alice: OpenAI) -> None:
+    too_long = "y" * 5000  # over the scripted engine's context: fails, not retried
+    r = alice.responses.create(model=SCRIPTED_MODEL, input=too_long)
+    assert r.status == "failed" and r.error is not None and r.error.message
+    events = list(alice.responses.retrieve(r.id, stream=True))
+    assert [e.type for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.failed",
+    ]
