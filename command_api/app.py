@@ -29,7 +29,7 @@ from command_api.fastpath import DirectRoute
 from command_api.metrics import Metrics, MetricsMiddleware
 from command_api.prompts import PromptService
 from command_api.readmodel import ReadModel
-from command_api.routes import completions, conversations, health, sessions
+from command_api.routes import completions, conversations, health, responses, sessions
 from command_api.settings import CommandSettings
 from command_api.store import CommandStore
 from command_api.upstream import StreamSource
@@ -61,7 +61,7 @@ def create_app(settings: CommandSettings | None = None, **overrides: Any) -> Fas
     app = FastAPI(title="chatlog command API", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     _count_rejections(app, metrics)
-    for module in (completions, conversations, health, sessions):
+    for module in (completions, conversations, health, responses, sessions):
         app.include_router(module.router)
     accept = next(
         r
@@ -75,6 +75,7 @@ def create_app(settings: CommandSettings | None = None, **overrides: Any) -> Fas
 
 
 ACCEPT = ("post", "/v1/chat/completions")
+RESPOND = ("post", "/v1/responses")
 _OBJECT = {"application/json": {"schema": {"type": "object"}}}
 
 
@@ -93,9 +94,12 @@ def _document(app: FastAPI, settings: CommandSettings) -> None:
     install_openapi(
         app,
         public={"/healthz", "/readyz", "/metrics"},
-        bodies={ACCEPT: ChatCompletionBody},
+        bodies={ACCEPT: ChatCompletionBody, RESPOND: responses.ResponsesBody},
         # 500/504: a `stream: false` wait whose generation failed / outlasted the wait
-        errors={ACCEPT: (400, 404, 409, 413, 422, 429, 500, 504)},
+        errors={
+            ACCEPT: (400, 404, 409, 413, 422, 429, 500, 504),
+            RESPOND: (400, 404, 409, 413, 429, 504),
+        },
         headers={ACCEPT: ("Idempotency-Key", "Prefer", "traceparent")},
         refine=refine,
         responses={
@@ -106,6 +110,13 @@ def _document(app: FastAPI, settings: CommandSettings) -> None:
                     "content": {**_OBJECT, "text/event-stream": {"schema": {"type": "string"}}},
                 },
                 202: {"description": "Accepted (`Prefer: respond-async`)", "content": _OBJECT},
+            },
+            RESPOND: {
+                200: {
+                    "description": "The Response (queued with `background`), or its SSE "
+                    "event stream (`stream: true`)",
+                    "content": {**_OBJECT, "text/event-stream": {"schema": {"type": "string"}}},
+                }
             },
             ("post", "/v1/chat/completions/{request_id}/cancel"): {
                 202: {"description": "Cancel requested now", "content": _OBJECT}

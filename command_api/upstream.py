@@ -73,6 +73,11 @@ class StreamSource:
         # answer 404 for a moment. Only a 404 that outlives this grace is final.
         self._grace_s = not_found_grace_s
 
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The client to the query API (the Responses routes read their objects with it)."""
+        return self._http
+
     async def events(self, request_id: str, authorization: str) -> AsyncIterator[SseEvent]:
         """Events until `done` or `error`; raises UpstreamUnavailable when the link stays down."""
         last_id: str | None = None

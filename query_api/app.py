@@ -20,7 +20,7 @@ from query_api.deps import AppState
 from query_api.durable import DurableSource
 from query_api.hub import Hub
 from query_api.metrics import Metrics
-from query_api.routes import completions, history, ops, search
+from query_api.routes import completions, history, ops, responses, search
 from query_api.search import MeiliSearch, PostgresSearch, SearchBackend
 from query_api.settings import QuerySettings
 from schemas.resources import MESSAGES_INDEX
@@ -85,7 +85,7 @@ def create_app(
     app = FastAPI(title="chatlog query API", lifespan=lifespan)
     app.state.query = state
     install_error_handlers(app)
-    for module in (history, search, completions, ops):
+    for module in (history, search, completions, ops, responses):
         app.include_router(module.router)
     install_openapi(
         app,
@@ -95,6 +95,15 @@ def create_app(
                 200: {
                     "description": "SSE: chunk, reset, done and error events",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                }
+            },
+            ("get", "/v1/responses/{response_id}"): {
+                200: {
+                    "description": "The Response, or (`stream=true`) its SSE event stream",
+                    "content": {
+                        "application/json": {"schema": {"type": "object"}},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
                 }
             },
             ("get", "/readyz"): {503: error_response(503)},

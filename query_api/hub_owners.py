@@ -21,6 +21,7 @@ class Owner:
     user_id: str
     conversation_id: str
     model: str
+    created_at: float = 0.0  # the PromptSubmitted's occurred_at (epoch seconds)
 
 
 class Owners:
@@ -41,7 +42,7 @@ class Owners:
             return
         if rid not in self._owners:
             self._by_conversation.setdefault(cid, []).append(rid)
-        self._owners[rid] = Owner(event.user_id, cid, event.model)
+        self._owners[rid] = Owner(event.user_id, cid, event.model, event.occurred_at.timestamp())
         self._owners.move_to_end(rid)
         while len(self._owners) > self.max_entries:
             old, owner = self._owners.popitem(last=False)
