@@ -16,10 +16,12 @@ import pytest
 
 from infra.clients import pg_connect
 from infra.settings import InfraSettings
+from processors.rebuild import rebuild_postgres
 from processors.runner import Runner
 from processors.script import Clock, exchange, workload
 from processors.settings import ProcessorSettings
 from processors.usage.projection import UsageProjection
+from processors.usage.rebuild import rebuild_usage, usage_digest
 from schemas.codec import encode
 from schemas.events import (
     CompletionFailed,
@@ -163,3 +165,27 @@ async def test_killed_again_and_again_it_still_counts_each_request_once(settings
     assert 0 < partial[0][0] < sum(r[3] for r in before)  # it really was stopped part-way
     await meter_to_end(settings)
     assert rows(settings, "SELECT * FROM chatlog.usage_daily ORDER BY 1, 2, 3") == before
+
+
+async def test_a_postgres_rebuild_keeps_the_meters_rows(settings, history) -> None:  # type: ignore[no-untyped-def]
+    await meter_to_end(settings)
+    before = rows(settings, "SELECT * FROM chatlog.usage_daily ORDER BY 1, 2, 3")
+    await rebuild_postgres(settings, quiet=True)  # a switch of the whole `chatlog` schema
+    assert rows(settings, "SELECT * FROM chatlog.usage_daily ORDER BY 1, 2, 3") == before
+    runner = await meter_to_end(settings)
+    assert runner.folded == 0  # its checkpoints came along too: nothing to count again
+    assert rows(settings, "SELECT * FROM chatlog.usage_daily ORDER BY 1, 2, 3") == before
+
+
+async def test_a_usage_replay_restores_the_live_digest(settings, history) -> None:  # type: ignore[no-untyped-def]
+    await meter_to_end(settings)
+    digest = usage_digest(settings)
+    assert int(digest["usage_requests"]) > 0
+    with pg_connect(settings) as conn:  # a damaged read model
+        conn.execute("UPDATE chatlog.usage_requests SET prompt_tokens = 999")
+        conn.commit()
+    assert usage_digest(settings) != digest
+    folded = await rebuild_usage(settings, quiet=True)
+    assert folded > 0 and usage_digest(settings) == digest
+    assert rows(settings, "SELECT count(*) FROM pg_namespace WHERE nspname = %s",
+                "chatlog_usage_next") == [(0,)]  # fmt: skip
