@@ -10,12 +10,19 @@ up from scratch, and must still reach the same totals: nothing lost, nothing twi
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from infra.clients import pg_connect
 from infra.settings import InfraSettings
+from processors.readout import status_rows
 from processors.rebuild import rebuild_postgres
 from processors.runner import Runner
 from processors.script import Clock, exchange, workload
@@ -35,6 +42,7 @@ from tests.integration.processors.support import (
     fold_to_end,
     processor_settings,
     publish,
+    subprocess_env,
     with_answers,
 )
 
@@ -189,3 +197,56 @@ async def test_a_usage_replay_restores_the_live_digest(settings, history) -> Non
     assert folded > 0 and usage_digest(settings) == digest
     assert rows(settings, "SELECT count(*) FROM pg_namespace WHERE nspname = %s",
                 "chatlog_usage_next") == [(0,)]  # fmt: skip
+
+
+def _usage_folded(settings: ProcessorSettings) -> tuple[int, int]:
+    """(events folded by the usage meter, the end of the logs it reads)."""
+    lags = [r for r in status_rows(settings) if r["projection"] == "usage"]
+    return sum(r["checkpoint"] or 0 for r in lags), sum(r["end"] for r in lags)
+
+
+def _worker(settings: ProcessorSettings, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "processors", "run"],
+            env=subprocess_env(settings, CHATLOG_PROJECTIONS="usage", **env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _wait(settings: ProcessorSettings, done: Callable[[int, int], bool], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not done(*_usage_folded(settings)):
+        assert time.monotonic() < deadline, f"the meter did not get there; see {log}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+async def test_the_live_meter_sigkilled_mid_run_restarts_to_the_same_totals(
+    settings: ProcessorSettings, history: list[Event], tmp_path: Path
+) -> None:
+    more = list(workload(150, chunks_per_request=1, seed=7))
+    publish(settings, answers_of(settings, more))
+    await fold_to_end(settings)
+    log = tmp_path / "processors.log"
+    proc = _worker(settings, log, CHATLOG_BATCH_MAX_EVENTS="20")
+    try:
+        _wait(settings, lambda folded, end: folded > end * 0.5, log)
+        proc.send_signal(signal.SIGKILL)  # mid-run: it folds 20-event batches nonstop
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    folded, end = _usage_folded(settings)
+    assert folded < end, "the kill must land before the end"
+    proc = _worker(settings, log)
+    try:
+        _wait(settings, lambda folded, end: folded >= end, log)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert rows(settings, METER, deleted_requests(history + more)) == rows(settings, READ_MODEL)
