@@ -4,7 +4,9 @@ Mixed traffic (retries, cancels, failures, deletes, a redelivered final) is writ
 and folded by the Postgres projection; the meter starts afterwards, reads from the
 beginning, and must reach the totals recomputed from that read model. Then it is killed
 (its task cancelled mid-batch, a transaction rolled back) again and again while catching
-up from scratch, and must still reach the same totals: nothing lost, nothing twice.
+up from scratch, and must still reach the same totals: nothing lost, nothing twice; and
+the real worker process is SIGKILLed mid-run and restarted. A Postgres rebuild keeps the
+meter's rows; a usage replay restores its digest.
 """
 
 from __future__ import annotations
