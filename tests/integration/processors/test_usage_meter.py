@@ -12,6 +12,7 @@ meter's rows; a usage replay restores its digest.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from processors.runner import Runner
 from processors.script import Clock, exchange, workload
 from processors.settings import ProcessorSettings
 from processors.usage.projection import UsageProjection
-from processors.usage.rebuild import rebuild_usage, usage_digest
+from processors.usage.rebuild import usage_digest
 from schemas.codec import encode
 from schemas.events import (
     CompletionFailed,
@@ -195,8 +196,17 @@ async def test_a_usage_replay_restores_the_live_digest(settings, history) -> Non
         conn.execute("UPDATE chatlog.usage_requests SET prompt_tokens = 999")
         conn.commit()
     assert usage_digest(settings) != digest
-    folded = await rebuild_usage(settings, quiet=True)
-    assert folded > 0 and usage_digest(settings) == digest
+    replay = subprocess.run(
+        [sys.executable, "-m", "processors", "replay", "--projection", "usage", "--quiet"],
+        env=subprocess_env(settings), capture_output=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr.decode()[-2000:]
+    assert b"usage: rebuilt from" in replay.stdout
+    cli = subprocess.run(
+        [sys.executable, "-m", "processors", "digest", "--projection", "usage"],
+        env=subprocess_env(settings), capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert json.loads(cli.stdout) == usage_digest(settings) == digest
     assert rows(settings, "SELECT count(*) FROM pg_namespace WHERE nspname = %s",
                 "chatlog_usage_next") == [(0,)]  # fmt: skip
 
