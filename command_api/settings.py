@@ -36,6 +36,9 @@ class CommandSettings(InfraSettings):
     rate_limit_per_min: int = 60
     rate_limit_window_s: float = 60.0
     max_concurrent_generations: int = 8
+    # Prompt + completion tokens per user per UTC day (0 = off), as the usage meter counts
+    # them (a projection: see command_api/quota.py for how far it may trail).
+    token_quota_per_day: int = 0
     # A generation counts as running for at most this long (a lost one must not block forever).
     generation_horizon_s: float = 600.0
     # ... and only while its lease holds: admitted this recently, or with progress in the read

@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
     replay = sub.add_parser(
         "replay", help="rebuild a projection from the log into a new version, then switch"
     )
-    replay.add_argument("--projection", choices=["postgres", "search"], required=True)
+    replay.add_argument("--projection", choices=["postgres", "search", "usage"], required=True)
     when = replay.add_mutually_exclusive_group()
     when.add_argument("--from-beginning", action="store_true", help="full rebuild (default)")
     when.add_argument(
@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
     projections = sub.add_parser("projections", help="inspect the read models")
     verbs = projections.add_subparsers(dest="verb", required=True)
     digest = verbs.add_parser("digest", help="a stable hash of a read model's content")
-    digest.add_argument("--projection", choices=["postgres", "search"], default="postgres")
+    digest.add_argument("--projection", choices=["postgres", "search", "usage"], default="postgres")
     digest.set_defaults(func=cmd_digest)
     verbs.add_parser("status", help="checkpoint vs log end per partition").set_defaults(
         func=cmd_status

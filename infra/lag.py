@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, TopicPartition
 from infra.clients import pg_connect
 from infra.settings import InfraSettings
 
-PROJECTIONS = ("postgres", "search")
+PROJECTIONS = ("postgres", "search", "usage")
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,12 @@ def projection_lags(settings: InfraSettings) -> list[PartitionLag]:
         ).fetchall()
     stored = {(p, t, n): o for p, t, n, o in rows}
     # What the projections fold today, plus any topic a projection has checkpoints on.
-    base = (settings.topics.conversations, settings.topics.completions)
-    folds = {p: set(base) | {t for q, t, _ in stored if q == p} for p in PROJECTIONS}
+    t = settings.topics
+    base = {"usage": (t.conversations, t.answers)}  # the meter reads no token chunks
+    folds = {
+        p: set(base.get(p, (t.conversations, t.completions))) | {x for q, x, _ in stored if q == p}
+        for p in PROJECTIONS
+    }
     consumer = Consumer(
         {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "chatlog-lag-probe"}
     )

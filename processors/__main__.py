@@ -23,13 +23,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run the live projections (faust worker)")
     replay = sub.add_parser("replay", help="rebuild a projection from the log and switch")
-    replay.add_argument("--projection", choices=["postgres", "search"], required=True)
+    replay.add_argument("--projection", choices=["postgres", "search", "usage"], required=True)
     when = replay.add_mutually_exclusive_group()
     when.add_argument("--from-beginning", action="store_true", default=True)
     when.add_argument("--from-timestamp", type=iso_timestamp, metavar="ISO-8601")
     replay.add_argument("--quiet", action="store_true")
     digest = sub.add_parser("digest", help="a stable hash of a read model's content")
-    digest.add_argument("--projection", choices=["postgres", "search"], default="postgres")
+    digest.add_argument("--projection", choices=["postgres", "search", "usage"], default="postgres")
     sub.add_parser("status", help="checkpoint vs log end per projection and partition")
     return parser
 
@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "digest":
         if args.projection == "postgres":
             result = readout.postgres_digest(settings)
+        elif args.projection == "usage":
+            from processors.usage.rebuild import usage_digest
+
+            result = usage_digest(settings)
         else:
             result = readout.search_digest(settings)
         sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
@@ -92,7 +96,10 @@ def _replay(settings: ProcessorSettings, args: argparse.Namespace) -> int:
         events = asyncio.run(rebuild.rewind(settings, args.projection, since))
         sys.stdout.write(_rewound(args.projection, since, events) + "\n")
         return 0
-    fn = rebuild.rebuild_postgres if args.projection == "postgres" else rebuild.rebuild_search
+    from processors.usage.rebuild import rebuild_usage
+
+    fns = {"postgres": rebuild.rebuild_postgres, "search": rebuild.rebuild_search}
+    fn = fns.get(args.projection, rebuild_usage)
     started = datetime.now(UTC)
     try:
         events = asyncio.run(fn(settings, quiet=args.quiet))

@@ -20,6 +20,7 @@ from processors.projection import Projection
 from processors.runner import Runner
 from processors.search_projection import SearchProjection
 from processors.settings import ProcessorSettings
+from processors.usage.projection import UsageProjection
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,9 @@ def build_projection(settings: ProcessorSettings, name: str) -> Projection:
             raise ValueError("the search projection needs CHATLOG_MEILI_URL")
         ensure_search_index(settings)
         return SearchProjection(settings)
-    raise ValueError(f"unknown projection {name!r} (postgres, search)")
+    if name == "usage":
+        return UsageProjection(settings)
+    raise ValueError(f"unknown projection {name!r} (postgres, search, usage)")
 
 
 def _projection_task(settings: ProcessorSettings, name: str) -> Any:

@@ -20,7 +20,7 @@ AConn = psycopg.AsyncConnection[Any]
 TP = tuple[str, int]
 
 # pg_advisory_xact_lock keys, one per projection (arbitrary, stable, ours).
-LOCK_KEYS = {"postgres": 7_744_110_001, "search": 7_744_110_002}
+LOCK_KEYS = {"postgres": 7_744_110_001, "search": 7_744_110_002, "usage": 7_744_110_003}
 
 
 class Fenced(Exception):

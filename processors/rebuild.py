@@ -93,7 +93,7 @@ async def rebuild_postgres(settings: ProcessorSettings, *, quiet: bool = False) 
     async def near_end() -> dict[TP, int]:
         # From here until the commit the live projector waits; the rebuild folds on to
         # (at least) where the live one stopped, so readers never go back in time.
-        await _lock_live(switch, "postgres", "search")
+        await _lock_live(switch, "postgres", "search", "usage")
         return await read_checkpoints(switch, "postgres")
 
     runner = Runner(
@@ -111,6 +111,10 @@ async def rebuild_postgres(settings: ProcessorSettings, *, quiet: bool = False) 
             f"INSERT INTO {NEXT_SCHEMA}.projection_checkpoints"
             f" SELECT * FROM {LIVE_SCHEMA}.projection_checkpoints"
             f" WHERE projection <> 'postgres' ON CONFLICT DO NOTHING"
+        )
+        # The usage meter's rows go with its checkpoints (it is not rebuilt here).
+        await switch.execute(
+            f"INSERT INTO {NEXT_SCHEMA}.usage_requests SELECT * FROM {LIVE_SCHEMA}.usage_requests"
         )
         await switch.execute(f"DROP SCHEMA IF EXISTS {OLD_SCHEMA} CASCADE")
         await switch.execute(f"ALTER SCHEMA {LIVE_SCHEMA} RENAME TO {OLD_SCHEMA}")

@@ -70,7 +70,8 @@ class Runner:
         self.max_events = max_events or projection.batch_max_events
         self.wait_ms = projection.batch_wait_ms if wait_ms is None else wait_ms
         self.targets: dict[TP, int] | None = None
-        self.topics = projection_topics(settings)
+        # A projection may name fewer logs (the usage meter reads no token chunks).
+        self.topics: list[str] = getattr(projection, "topics", None) or projection_topics(settings)
         self.base: dict[TP, int | None] = {}
         # Where a partition without a checkpoint starts: its first retained offset, > 0 once
         # chat.completions' chunks expired. Only for positions (lag, targets), not fences.

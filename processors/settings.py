@@ -8,7 +8,7 @@ from infra.settings import InfraSettings
 class ProcessorSettings(InfraSettings):
     """Env prefix `CHATLOG_` like every chatlog service (e.g. `CHATLOG_BATCH_MAX_EVENTS`)."""
 
-    projections: str = "postgres,search"  # which `python -m processors` runs
+    projections: str = "postgres,search,usage"  # which `python -m processors` runs
     batch_max_events: int = 5000  # one fetch, one fold, one transaction
     batch_wait_ms: int = 50  # how long a fetch waits to fill a batch
     # Meilisearch pays ~0.3-0.9 s per task whatever its size: fewer, bigger batches.

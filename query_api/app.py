@@ -20,7 +20,7 @@ from query_api.deps import AppState
 from query_api.durable import DurableSource
 from query_api.hub import Hub
 from query_api.metrics import Metrics
-from query_api.routes import completions, history, ops, responses, search
+from query_api.routes import completions, history, ops, responses, search, usage
 from query_api.search import MeiliSearch, PostgresSearch, SearchBackend
 from query_api.settings import QuerySettings
 from schemas.resources import MESSAGES_INDEX
@@ -85,7 +85,7 @@ def create_app(
     app = FastAPI(title="chatlog query API", lifespan=lifespan)
     app.state.query = state
     install_error_handlers(app)
-    for module in (history, search, completions, ops, responses):
+    for module in (history, search, completions, ops, responses, usage):
         app.include_router(module.router)
     install_openapi(
         app,

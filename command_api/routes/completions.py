@@ -13,6 +13,7 @@ from command_api.deps import Context, Ctx, CurrentUser, current_user, get_contex
 from command_api.errors import GatewayTimeout, UpstreamUnavailable
 from command_api.openai_format import ChunkStream, CompletionError, collect
 from command_api.prompts import Accepted
+from command_api.quota import check_token_quota
 from command_api.tracing import traceparent_for
 from command_api.validation import parse_body, path_id
 from infra.auth import hash_key, is_session
@@ -61,8 +62,11 @@ async def create_chat_completion(request: Request) -> Response:
         ctx.availability.check(prompt.model)  # 503 model_unavailable: nothing is accepted
         # Admission resolves API keys only: a session (the gateway's cookie) is resolved here.
         early = idempotency_key is not None or prompt.conversation_id is not None
-        if user is None and (early or is_session(key)):
+        quota = ctx.settings.token_quota_per_day
+        if user is None and (early or is_session(key) or quota > 0):
             user = await current_user(ctx, authorization)
+        if quota > 0 and user is not None:
+            await check_token_quota(ctx.pool, user, quota)
         accepted = await ctx.prompts.submit(
             user_id=user,
             key_hash="" if user is not None else hash_key(key),

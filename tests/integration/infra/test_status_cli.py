@@ -40,6 +40,7 @@ def test_status_reports_a_lagging_projection_degraded_and_exits_non_zero(
     rows = {line[:20].strip(): line[21:].split(None, 1) for line in done.stdout.splitlines()}
     assert rows["projection postgres"] == ["degraded", "lag 1200 events (max 1000)"], done.stdout
     assert rows["projection search"][0] == "degraded"
+    assert rows["projection usage"] == ["degraded", "lag 1200 events (max 1000)"], done.stdout
     assert rows["kafka"][0] == "healthy"
     assert rows["processors"] == ["down", "stopped"]
     assert done.returncode == 1, done.stdout + done.stderr

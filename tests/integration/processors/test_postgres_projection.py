@@ -146,7 +146,8 @@ async def test_duplicates_and_replays_change_nothing(settings, projected) -> Non
     assert postgres_digest(settings, streams=True) == before
     await rewind(settings, "postgres", EPOCH)  # replay the whole log in place
     await rewind(settings, "search", EPOCH)
-    assert {r["checkpoint"] for r in status_rows(settings) if r["end"]} == {0}
+    rewound = [r for r in status_rows(settings) if r["projection"] in ("postgres", "search")]
+    assert {r["checkpoint"] for r in rewound if r["end"]} == {0}
     await fold_to_end(settings, search=True)
     assert postgres_digest(settings, streams=True) == before
     assert search_documents(settings) == docs_before
