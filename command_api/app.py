@@ -27,7 +27,7 @@ from command_api.fastpath import DirectRoute
 from command_api.metrics import Metrics, MetricsMiddleware
 from command_api.prompts import PromptService
 from command_api.readmodel import ReadModel
-from command_api.routes import completions, conversations, health, sessions
+from command_api.routes import branches, completions, conversations, health, sessions
 from command_api.settings import CommandSettings
 from command_api.store import CommandStore
 from command_api.upstream import StreamSource
@@ -59,7 +59,7 @@ def create_app(settings: CommandSettings | None = None, **overrides: Any) -> Fas
     app = FastAPI(title="chatlog command API", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     _count_rejections(app, metrics)
-    for module in (completions, conversations, health, sessions):
+    for module in (completions, conversations, branches, health, sessions):
         app.include_router(module.router)
     accept = next(
         r
