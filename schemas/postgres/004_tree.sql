@@ -15,3 +15,18 @@ CREATE INDEX IF NOT EXISTS completions_parent
 -- `current_at` is when it was set, so a redelivered older event does not win.
 ALTER TABLE chatlog.conversations ADD COLUMN IF NOT EXISTS current_request_id text;
 ALTER TABLE chatlog.conversations ADD COLUMN IF NOT EXISTS current_at timestamptz;
+
+-- Rows folded before the tree (no origin yet) get the v1 reading: each request its own
+-- origin, its parent the conversation's previous request. Without it a read model
+-- upgraded in place would show (and continue from) only each conversation's last turn.
+-- A rebuild gives the log's exact parents (v1's explicit parent_request_id forks too).
+-- After the first run only a row whose prompt is not folded yet matches; its prompt
+-- overwrites the guess when it is folded.
+UPDATE chatlog.completions c
+   SET origin_request_id = c.request_id,
+       parent_request_id = (
+           SELECT p.request_id FROM chatlog.completions p
+            WHERE p.conversation_id = c.conversation_id
+              AND (p.created_at, p.request_id) < (c.created_at, c.request_id)
+            ORDER BY p.created_at DESC, p.request_id DESC LIMIT 1)
+ WHERE c.origin_request_id IS NULL;

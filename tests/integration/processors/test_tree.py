@@ -20,6 +20,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from command_api.readmodel import ReadModel
+from infra.clients import apply_read_model_ddl
 from infra.settings import InfraSettings
 from processors.readout import postgres_digest
 from processors.rebuild import rebuild_postgres
@@ -184,3 +185,27 @@ async def test_a_recorded_v1_log_replays_into_the_tree(settings: ProcessorSettin
             " FROM chatlog.completions WHERE conversation_id = 'conv-v1' ORDER BY request_id"
         ).fetchall()
     assert rows == [("r1", None, "r1", None), ("r2", "r1", "r2", None), ("r3", "r1", "r3", None)]
+
+
+async def test_rows_folded_before_the_tree_are_read_as_one_branch(
+    settings: ProcessorSettings,
+) -> None:
+    """A read model upgraded in place: 004_tree.sql gives its old rows the v1 reading."""
+    cid = "conv-legacy"
+    publish(settings, with_answers(settings, [
+        *_turn(cid, "l1", 1, (SYSTEM, ChatMessage("user", "One?")), "1."),
+        *_turn(cid, "l2", 2, (ChatMessage("user", "Two?"),), "2.", parent_request_id="l1"),
+    ]))  # fmt: skip
+    await fold_to_end(settings)
+    with psycopg.connect(settings.postgres_url) as conn:  # as the pre-tree fold left them
+        conn.execute(
+            "UPDATE chatlog.completions SET parent_request_id = NULL, origin_request_id = NULL"
+            " WHERE conversation_id = %s",
+            (cid,),
+        )
+        conn.execute("UPDATE chatlog.conversations SET current_request_id = NULL WHERE id = %s",
+                     (cid,))  # fmt: skip
+    apply_read_model_ddl(settings)
+    assert [m[0] for m in await _branch(settings, cid)] == [
+        "l1:ctx000", "l1:user", "l1:assistant", "l2:user", "l2:assistant",
+    ]  # fmt: skip
