@@ -55,6 +55,7 @@ async def _branch(
     body: BranchBody,
     branching: Branching,
     traceparent: str | None,
+    idempotency_key: str | None,
 ) -> JSONResponse:
     await owned(ctx, conversation_id, user)
     sibling = path_id(request_id, "request_id", "request")
@@ -74,16 +75,20 @@ async def _branch(
         }
     ).encode()
     prompt = parse_body(raw, ctx.settings)
+    # What an Idempotency-Key's body hash covers: the settings and which branch of what.
+    keyed = json.dumps({**json.loads(raw), "branch": branching.branch, "of": sibling}).encode()
     accepted = await ctx.prompts.submit(
         user_id=user,
         prompt=prompt,
-        raw=raw,
-        idempotency_key=None,
+        raw=keyed,
+        idempotency_key=idempotency_key,
         traceparent=traceparent_for(traceparent),
         branching=branching,
     )
     body_out = {**accepted.body(), "branch": branching.branch, "sibling_of": sibling}
     headers = {**accepted.rate_headers, "x-request-id": accepted.request_id}
+    if accepted.replayed:
+        headers["idempotent-replayed"] = "true"
     return JSONResponse(body_out, status_code=202, headers=headers)
 
 
@@ -95,12 +100,14 @@ async def regenerate(
     user: CurrentUser,
     body: BranchBody | None = None,
     traceparent: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     """Another answer to the user message of `request_id` (a sibling; the others stay)."""
     branching = Branching("regenerate", request_id)
     return await _branch(
-        ctx, user, conversation_id, request_id, body or BranchBody(), branching, traceparent
-    )
+        ctx, user, conversation_id, request_id, body or BranchBody(), branching, traceparent,
+        idempotency_key,
+    )  # fmt: skip
 
 
 @router.post("/{conversation_id}/messages/{request_id}/edit", status_code=202)
@@ -111,11 +118,14 @@ async def edit(
     ctx: Ctx,
     user: CurrentUser,
     traceparent: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     """`content` as a new user message beside the one of `request_id`: a new branch."""
     check_text(body.content, "content")
     branching = Branching("edit", request_id, body.content)
-    return await _branch(ctx, user, conversation_id, request_id, body, branching, traceparent)
+    return await _branch(
+        ctx, user, conversation_id, request_id, body, branching, traceparent, idempotency_key
+    )
 
 
 @router.post("/{conversation_id}/branch")

@@ -84,9 +84,16 @@ async def test_regenerate_edit_and_switch_place_prompts_in_the_tree(
     e3b = await _answer(settings, infra_settings, r3b["id"], "Rom.")
     assert (e3b.sibling_of, e3b.parent_request_id) == (r2["id"], r1["id"])
 
-    # Edit and resend: a new user message beside "Of Italy?".
-    resp = await post(f"{base}/messages/{r2['id']}/edit", {"content": "Of Spain?"})
+    # Edit and resend: a new user message beside "Of Italy?"; a retry with its
+    # Idempotency-Key answers the same request, the key on another action is refused.
+    keyed = {**auth, "Idempotency-Key": f"edit-{conv}"}
+    resp = await post(f"{base}/messages/{r2['id']}/edit", {"content": "Of Spain?"}, keyed)
     assert resp.status_code == 202, resp.text
+    again = await post(f"{base}/messages/{r2['id']}/edit", {"content": "Of Spain?"}, keyed)
+    assert again.json()["id"] == resp.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    other_action = await post(f"{base}/messages/{r2['id']}/regenerate", None, keyed)
+    assert other_action.status_code == 422, other_action.text
     e4 = await _answer(settings, infra_settings, resp.json()["id"], "Madrid.")
     assert (e4.branch, e4.sibling_of, e4.parent_request_id) == ("edit", r2["id"], r1["id"])
     assert _said(e4)[-1] == ("user", "Of Spain?")
