@@ -29,7 +29,7 @@ from command_api.fastpath import DirectRoute
 from command_api.metrics import Metrics, MetricsMiddleware
 from command_api.prompts import PromptService
 from command_api.readmodel import ReadModel
-from command_api.routes import completions, conversations, health, responses, sessions
+from command_api.routes import branches, completions, conversations, health, responses, sessions
 from command_api.settings import CommandSettings
 from command_api.store import CommandStore
 from command_api.upstream import StreamSource
@@ -61,7 +61,7 @@ def create_app(settings: CommandSettings | None = None, **overrides: Any) -> Fas
     app = FastAPI(title="chatlog command API", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     _count_rejections(app, metrics)
-    for module in (completions, conversations, health, responses, sessions):
+    for module in (completions, conversations, branches, health, responses, sessions):
         app.include_router(module.router)
     accept = next(
         r

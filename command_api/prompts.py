@@ -33,8 +33,22 @@ from command_api.store import Admission, CommandStore, body_hash
 from command_api.validation import PromptRequest, check_text
 from infra.http import BadRequest, NotFound, RateLimited, Unauthorized
 from schemas import ChatMessage, PromptSubmitted
+from schemas.events import Branch
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Branching:
+    """A regenerate (another answer to `sibling_of`'s user message) or an edit (`content`
+    as a new user message beside it): a new request under `sibling_of`'s parent."""
+
+    branch: Branch
+    sibling_of: str
+    content: str | None = None
+
+
+Placed = tuple[str, str | None, str | None, tuple[ChatMessage, ...], Branching | None]
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,7 @@ class PromptService:
         raw: bytes,
         idempotency_key: str | None,
         traceparent: str,
+        branching: Branching | None = None,
     ) -> Accepted:
         """Accept a prompt (or replay the one accepted under the same Idempotency-Key).
 
@@ -110,7 +125,9 @@ class PromptService:
         """
         request_id = new_request_id()
         if idempotency_key is None:
-            return await self._accept(user_id, key_hash, prompt, request_id, None, traceparent)
+            return await self._accept(
+                user_id, key_hash, prompt, request_id, None, traceparent, branching
+            )
         if user_id is None:
             raise ValueError("an Idempotency-Key needs the caller resolved first")
         if len(idempotency_key) > 255:
@@ -148,7 +165,7 @@ class PromptService:
             )
         try:
             accepted = await self._accept(
-                user_id, key_hash, prompt, request_id, idempotency_key, traceparent
+                user_id, key_hash, prompt, request_id, idempotency_key, traceparent, branching
             )
         except BaseException:
             await asyncio.shield(self._store.release_key(user_id, idempotency_key, request_id))
@@ -173,8 +190,14 @@ class PromptService:
         request_id: str,
         idempotency_key: str | None,
         traceparent: str,
+        branching: Branching | None,
     ) -> Accepted:
-        conversation_id, expected_last, parent, messages = await self._context(user_id, prompt)
+        placed = await (
+            self._context(user_id, prompt)
+            if branching is None
+            else self._branch_context(user_id, prompt, branching)
+        )
+        conversation_id, expected_last, parent, messages, branching = placed
         new = prompt.conversation_id is None
         size = sum(len(m.content.encode()) for m in messages)
         if size > self._s.max_event_bytes:
@@ -205,6 +228,8 @@ class PromptService:
             parent_request_id=parent,
             idempotency_key=idempotency_key,
             traceparent=traceparent,
+            branch=branching.branch if branching else None,
+            sibling_of=branching.sibling_of if branching else None,
         )
         # Shielded: a client that goes away must not leave an admitted-but-unsent request.
         await asyncio.shield(self._append_or_revoke(event, new, expected_last))
@@ -232,16 +257,14 @@ class PromptService:
             )
             raise
 
-    async def _context(
-        self, user_id: str | None, prompt: PromptRequest
-    ) -> tuple[str, str | None, str | None, tuple[ChatMessage, ...]]:
-        """(conversation id, its last request, parent request, full context)."""
+    async def _context(self, user_id: str | None, prompt: PromptRequest) -> Placed:
+        """(conversation id, its last request, parent request, full context, None)."""
         if prompt.conversation_id is None:
             if prompt.parent_request_id is not None:
                 raise BadRequest(
                     "parent_request_id needs a conversation_id.", param="parent_request_id"
                 )
-            return new_conversation_id(), None, None, prompt.messages
+            return new_conversation_id(), None, None, prompt.messages, None
         if user_id is None:
             raise ValueError("a continuation needs the caller resolved first")
         conv = await self._store.conversation(prompt.conversation_id, user_id)
@@ -252,7 +275,14 @@ class PromptService:
             owned = await self._store.request(parent, user_id)
             if owned is None or owned.conversation_id != conv.id:
                 raise NotFound("No such request in this conversation.", param="parent_request_id")
-        last = conv.last_request_id
+        last = await self._wait_last(conv.last_request_id)
+        if parent is None:
+            parent = await self._current_leaf(conv.id, last)
+        history = await self._read.history(conv.id, up_to_request=parent)
+        return conv.id, last, parent, compose(history, prompt.messages), None
+
+    async def _wait_last(self, last: str | None) -> str | None:
+        """The conversation's last request, once it is terminal in the read model."""
         if last is not None and not await self._read.wait_terminal(
             last, self._s.continuation_wait_s
         ):
@@ -261,8 +291,44 @@ class PromptService:
                 param="conversation_id",
                 headers={"Retry-After": "1"},
             )
-        history = await self._read.history(conv.id, up_to_request=parent)
-        return conv.id, last, parent or last, compose(history, prompt.messages)
+        return last
+
+    async def _current_leaf(self, conversation_id: str, last: str | None) -> str | None:
+        """Where a plain continuation goes: the read model's current leaf (a BranchSwitched
+        may have moved it) once the read model has folded the newest prompt, else that
+        prompt (the read model lags behind the admission that knows it)."""
+        leaf, newest = await self._read.leaf(conversation_id)
+        return leaf if leaf is not None and newest == last else last
+
+    async def _branch_context(
+        self, user_id: str | None, prompt: PromptRequest, branching: Branching
+    ) -> Placed:
+        """A regenerate's or an edit's place: `sibling_of`'s parent, whose branch is the
+        history; then the sibling's own context (a root's) and its user message, or the
+        edited one. A regenerate names the request that first asked the message."""
+        if user_id is None or prompt.conversation_id is None:
+            raise ValueError("a branch needs the caller and the conversation resolved first")
+        conv = await self._store.conversation(prompt.conversation_id, user_id)
+        if conv is None:
+            raise NotFound("No such conversation.", param="conversation_id")
+        owned = await self._store.request(branching.sibling_of, user_id)
+        if owned is None or owned.conversation_id != conv.id:
+            raise NotFound("No such request in this conversation.", param="request_id")
+        last = await self._wait_last(conv.last_request_id)
+        turn = await self._read.turn(conv.id, branching.sibling_of)
+        if turn is None:
+            raise ConversationBusy(
+                "That message is not in the conversation's history yet; retry shortly.",
+                param="request_id",
+                headers={"Retry-After": "1"},
+            )
+        parent = turn.parent_request_id
+        history = [] if parent is None else await self._read.history(conv.id, parent)
+        user = turn.user if branching.content is None else ChatMessage("user", branching.content)
+        messages = compose(history, (*turn.context, user))
+        if branching.branch == "regenerate":
+            branching = Branching("regenerate", turn.origin_request_id)
+        return conv.id, last, parent, messages, branching
 
     def _refuse_unless_admitted(self, admission: Admission) -> None:
         if admission.verdict == "ok":

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from schemas.events import (
+    BranchSwitched,
     CancelRequested,
     CompletionFailed,
     CompletionFinished,
@@ -62,6 +63,10 @@ class RequestRow:
     error: dict[str, Any] | None = None
     finished_at: datetime | None = None
     message_created_at: datetime | None = None
+    # Its place in the conversation's tree (see 004_tree.sql); None until prompted.
+    parent_request_id: str | None = None
+    origin_request_id: str | None = None
+    branch: str | None = None
     # What the batch changes (written by pg_store):
     dirty: bool = False
     reset: bool = False  # content restarts (a higher attempt)
@@ -98,6 +103,8 @@ class ConversationRow:
     last_request_id: str | None = None
     last_request_at: datetime | None = None
     finished_before: datetime | None = None  # newest finish folded while it did not exist
+    current_request_id: str | None = None  # the current branch's leaf
+    current_at: datetime | None = None
     dirty: bool = False
 
 
@@ -137,6 +144,8 @@ def _fold_one(state: FoldState, event: Event) -> None:
         _prompt(state, event)
     elif isinstance(event, ConversationRenamed):
         _rename(state, event)
+    elif isinstance(event, BranchSwitched):
+        _switch(state, event)
     elif isinstance(event, CompletionStarted | TokenChunk | CompletionFinished | CompletionFailed):
         _completion(state, event)
     elif isinstance(event, CancelRequested):
@@ -175,6 +184,9 @@ def request(state: FoldState, event: Event, request_id: str) -> RequestRow:
 def _prompt(state: FoldState, p: PromptSubmitted) -> None:
     conv = conversation(state, p.conversation_id)
     first = not conv.exists
+    parent = p.parent_request_id
+    if parent is None and p.branch is None and not first:
+        parent = conv.last_request_id  # a continuation that did not name its parent
     if first:
         conv.exists = True
         conv.user_id = p.user_id
@@ -185,21 +197,26 @@ def _prompt(state: FoldState, p: PromptSubmitted) -> None:
         conv.updated_at = _max(conv.updated_at, p.occurred_at)
         if conv.last_request_at is None or p.occurred_at >= conv.last_request_at:
             conv.last_request_id, conv.last_request_at = p.request_id, p.occurred_at
+    if conv.current_at is None or p.occurred_at >= conv.current_at:
+        conv.current_request_id, conv.current_at = p.request_id, p.occurred_at
     conv.dirty = True
 
     req = request(state, p, p.request_id)
     if req.prompted:
         return  # a redelivered prompt
+    req.parent_request_id, req.branch = parent, p.branch
+    regenerated = p.branch == "regenerate" and p.sibling_of is not None
+    req.origin_request_id = p.sibling_of if regenerated else p.request_id
     req.user_id, req.model = p.user_id, p.model
     req.conversation_id = p.conversation_id
     req.created_at = p.occurred_at
     req.message_created_at = p.occurred_at + ASSISTANT_AFTER_USER
     req.updated_at = max(req.updated_at, p.occurred_at)
-    req.user_messages = _prompt_messages(p, first=first)
+    req.user_messages = _prompt_messages(p, root=parent is None)
     req.dirty = True
 
 
-def _prompt_messages(p: PromptSubmitted, *, first: bool) -> list[tuple[str, str, str, datetime]]:
+def _prompt_messages(p: PromptSubmitted, *, root: bool) -> list[tuple[str, str, str, datetime]]:
     """(id, role, content, created_at) of the messages a prompt adds to the conversation.
 
     A continued turn's context is the stored history plus one new message: only that one
@@ -207,11 +224,13 @@ def _prompt_messages(p: PromptSubmitted, *, first: bool) -> list[tuple[str, str,
     assistant, user]` in OpenAI usage): all of it is history, each message a microsecond
     before the next, so the read model orders them as sent and the last one keeps the
     prompt's own time. The new message is `<request_id>:user` (as it always was); the
-    context before it is `<request_id>:ctx<i>` under its own role.
+    context before it is `<request_id>:ctx<i>` under its own role. A root of the tree (the
+    first prompt, or a regenerate or edit of one) has no parent to take its history from,
+    so it stores its whole context like a first prompt.
     """
     rid = p.request_id
     last = p.messages[-1].content if p.messages else ""
-    context = p.messages[:-1] if first else ()
+    context = p.messages[:-1] if root else ()
     n = len(context)
     return [
         *(
@@ -230,6 +249,17 @@ def _rename(state: FoldState, r: ConversationRenamed) -> None:
         conv.title, conv.title_at = r.title, r.occurred_at
     conv.updated_at = _max(conv.updated_at, r.occurred_at)
     conv.dirty = True
+
+
+def _switch(state: FoldState, b: BranchSwitched) -> None:
+    """The user's choice of leaf; the command API checked it names a request of the
+    conversation. Like a prompt it wins on time, so a redelivered older switch loses."""
+    conv = conversation(state, b.conversation_id)
+    if not conv.exists:
+        return  # same topic as its prompts: a switch before any prompt names nothing
+    if conv.current_at is None or b.occurred_at >= conv.current_at:
+        conv.current_request_id, conv.current_at = b.request_id, b.occurred_at
+        conv.dirty = True
 
 
 def _restart(req: RequestRow, attempt: int) -> None:

@@ -49,7 +49,8 @@ async def load_state(
         cur = await conn.execute(
             f"SELECT c.request_id, c.conversation_id, c.user_id, c.model, c.status, c.attempt,"
             f" m.last_seq, m.tokens, c.created_at, c.updated_at, c.finish_reason, c.usage,"
-            f" c.ttft_ms, c.error, m.finished_at, m.created_at"
+            f" c.ttft_ms, c.error, m.finished_at, m.created_at, c.parent_request_id,"
+            f" c.origin_request_id, c.branch"
             f" FROM {s}.completions c JOIN {s}.messages m"
             f"   ON m.request_id = c.request_id AND m.role = 'assistant'"
             f" WHERE c.request_id = ANY(%s)",
@@ -61,6 +62,7 @@ async def load_state(
                 status=r[4], attempt=r[5], last_seq=r[6], tokens=r[7], created_at=r[8],
                 updated_at=r[9], finish_reason=r[10], usage=r[11], ttft_ms=r[12],
                 error=r[13], finished_at=r[14], message_created_at=r[15],
+                parent_request_id=r[16], origin_request_id=r[17], branch=r[18],
             )  # fmt: skip
         cur = await conn.execute(
             f"SELECT request_id, attempt, seq, text, token_count FROM {s}.held_chunks"
@@ -73,7 +75,8 @@ async def load_state(
     if conversation_ids:
         cur = await conn.execute(
             f"SELECT x.id, c.id IS NOT NULL, c.user_id, c.title, c.title_at, c.created_at,"
-            f" c.updated_at, c.last_request_id, c.last_request_at,"
+            f" c.updated_at, c.last_request_id, c.last_request_at, c.current_request_id,"
+            f" c.current_at,"
             f" CASE WHEN c.id IS NULL THEN (SELECT max(m.finished_at) FROM {s}.messages m"
             f"   WHERE m.conversation_id = x.id AND m.role = 'assistant') END"
             f" FROM unnest(%s::text[]) AS x(id) LEFT JOIN {s}.conversations c ON c.id = x.id",
@@ -83,7 +86,8 @@ async def load_state(
             state.conversations[r[0]] = ConversationRow(
                 id=r[0], exists=r[1], user_id=r[2] or "", title=r[3], title_at=r[4],
                 created_at=r[5], updated_at=r[6], last_request_id=r[7],
-                last_request_at=r[8], finished_before=r[9],
+                last_request_at=r[8], current_request_id=r[9], current_at=r[10],
+                finished_before=r[11],
             )  # fmt: skip
     return state
 
@@ -141,19 +145,26 @@ async def _write_completions(conn: AConn, s: str, rows: list[RequestRow]) -> Non
         [_json(r.error) for r in rows],
         [r.created_at for r in rows],
         [r.updated_at for r in rows],
+        [r.parent_request_id for r in rows],
+        [r.origin_request_id for r in rows],
+        [r.branch for r in rows],
     ]
     await conn.execute(
         f"INSERT INTO {s}.completions (request_id, conversation_id, user_id, status, model,"
-        f" attempt, finish_reason, usage, ttft_ms, error, created_at, updated_at)"
-        f" SELECT a, b, c, d, e, f, g, h::jsonb, i, j::jsonb, k, l FROM unnest("
+        f" attempt, finish_reason, usage, ttft_ms, error, created_at, updated_at,"
+        f" parent_request_id, origin_request_id, branch)"
+        f" SELECT a, b, c, d, e, f, g, h::jsonb, i, j::jsonb, k, l, m, n, o FROM unnest("
         f" %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[],"
-        f" %s::text[], %s::float8[], %s::text[], %s::timestamptz[], %s::timestamptz[])"
-        f" AS x(a, b, c, d, e, f, g, h, i, j, k, l)"
+        f" %s::text[], %s::float8[], %s::text[], %s::timestamptz[], %s::timestamptz[],"
+        f" %s::text[], %s::text[], %s::text[])"
+        f" AS x(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o)"
         f" ON CONFLICT (request_id) DO UPDATE SET conversation_id = EXCLUDED.conversation_id,"
         f" user_id = EXCLUDED.user_id, status = EXCLUDED.status, model = EXCLUDED.model,"
         f" attempt = EXCLUDED.attempt, finish_reason = EXCLUDED.finish_reason,"
         f" usage = EXCLUDED.usage, ttft_ms = EXCLUDED.ttft_ms, error = EXCLUDED.error,"
-        f" created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at",
+        f" created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,"
+        f" parent_request_id = EXCLUDED.parent_request_id,"
+        f" origin_request_id = EXCLUDED.origin_request_id, branch = EXCLUDED.branch",
         cols,
     )
 
@@ -246,14 +257,15 @@ async def _write_chunks(conn: AConn, s: str, rows: list[RequestRow]) -> None:
 async def _write_conversations(conn: AConn, s: str, rows: list[ConversationRow]) -> None:
     await conn.execute(
         f"INSERT INTO {s}.conversations (id, user_id, title, status, created_at, updated_at,"
-        f" last_request_id, title_at, last_request_at)"
-        f" SELECT a, b, c, 'active', d, e, f, g, h FROM unnest(%s::text[], %s::text[],"
+        f" last_request_id, title_at, last_request_at, current_request_id, current_at)"
+        f" SELECT a, b, c, 'active', d, e, f, g, h, i, j FROM unnest(%s::text[], %s::text[],"
         f" %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::timestamptz[],"
-        f" %s::timestamptz[]) AS x(a, b, c, d, e, f, g, h)"
+        f" %s::timestamptz[], %s::text[], %s::timestamptz[]) AS x(a, b, c, d, e, f, g, h, i, j)"
         f" ON CONFLICT (id) DO UPDATE SET user_id = EXCLUDED.user_id, title = EXCLUDED.title,"
         f" created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,"
         f" last_request_id = EXCLUDED.last_request_id, title_at = EXCLUDED.title_at,"
-        f" last_request_at = EXCLUDED.last_request_at",
+        f" last_request_at = EXCLUDED.last_request_at,"
+        f" current_request_id = EXCLUDED.current_request_id, current_at = EXCLUDED.current_at",
         [
             [c.id for c in rows],
             [c.user_id for c in rows],
@@ -263,5 +275,7 @@ async def _write_conversations(conn: AConn, s: str, rows: list[ConversationRow])
             [c.last_request_id for c in rows],
             [c.title_at for c in rows],
             [c.last_request_at for c in rows],
+            [c.current_request_id for c in rows],
+            [c.current_at for c in rows],
         ],
     )

@@ -21,7 +21,7 @@ from schemas.resources import MESSAGES_INDEX
 DIGEST_TABLES: dict[str, tuple[str, str]] = {
     "conversations": (
         "id, user_id, title, status, created_at, updated_at, last_request_id, title_at,"
-        " last_request_at",
+        " last_request_at, current_request_id, current_at",
         "id",
     ),
     "messages": (
@@ -31,7 +31,7 @@ DIGEST_TABLES: dict[str, tuple[str, str]] = {
     ),
     "completions": (
         "request_id, conversation_id, user_id, status, model, attempt, finish_reason, usage,"
-        " ttft_ms, error, created_at, updated_at",
+        " ttft_ms, error, created_at, updated_at, parent_request_id, origin_request_id, branch",
         "request_id",
     ),
     "deleted_conversations": ("conversation_id, deleted_at", "conversation_id"),

@@ -67,18 +67,60 @@ async def conversation(
     )
 
 
-async def messages_page(
+# The conversation's tree (see 004_tree.sql): `nodes` gives each request the answers to
+# its user message (the requests sharing its origin), `turns` each origin the user messages
+# after its parent (the origins sharing that parent); both in creation order. A row whose
+# prompt is not folded yet counts as its own origin.
+_TREE = """nodes AS (
+    SELECT request_id, parent_request_id, branch, created_at,
+           COALESCE(origin_request_id, request_id) AS origin,
+           array_agg(request_id) OVER (PARTITION BY COALESCE(origin_request_id, request_id)
+               ORDER BY created_at, request_id
+               ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS answers
+      FROM chatlog.completions WHERE conversation_id = %(c)s
+), turns AS (
+    SELECT request_id AS origin,
+           array_agg(request_id) OVER (PARTITION BY parent_request_id
+               ORDER BY created_at, request_id
+               ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS edits
+      FROM chatlog.completions
+     WHERE conversation_id = %(c)s AND COALESCE(origin_request_id, request_id) = request_id
+)"""
+_TREE_COLUMNS = """m.id, m.conversation_id, m.request_id, m.role, m.content, m.status, m.attempt,
+       m.tokens, m.created_at, m.finished_at, n.parent_request_id, n.branch,
+       CASE WHEN m.id = m.request_id || ':assistant' THEN n.answers
+            WHEN m.id = m.request_id || ':user' THEN t.edits END AS siblings,
+       CASE WHEN m.id = m.request_id || ':assistant' THEN m.request_id
+            ELSE n.origin END AS node
+  FROM chatlog.messages m
+  LEFT JOIN nodes n ON n.request_id = m.request_id
+  LEFT JOIN turns t ON t.origin = n.origin"""
+
+
+async def branch_page(
     conn: AsyncConnection[Any], conversation_id: str, after: Keyset, limit: int
 ) -> list[Row]:
-    """Newest first; keyset on (created_at, id), which never change: stable under inserts."""
+    """The current branch (root to the current leaf), newest first; keyset on (created_at,
+    id), which never change: stable under inserts. Each row with `siblings` (request ids,
+    oldest first) and `node` (its own id among them). Fetches limit + 1 to see more."""
     return await _all(
         conn,
-        """SELECT id, conversation_id, request_id, role, content, status, attempt, tokens,
-                  created_at, finished_at
-             FROM chatlog.messages
-            WHERE conversation_id = %(c)s
-              AND (%(at)s::timestamptz IS NULL OR (created_at, id) < (%(at)s, %(id)s))
-            ORDER BY created_at DESC, id DESC
+        """WITH RECURSIVE path(request_id, depth) AS (
+               SELECT COALESCE(current_request_id, last_request_id), 0
+                 FROM chatlog.conversations WHERE id = %(c)s
+             UNION ALL
+               SELECT c.parent_request_id, p.depth + 1 FROM path p
+                 JOIN chatlog.completions c
+                   ON c.request_id = p.request_id AND c.conversation_id = %(c)s
+                WHERE c.parent_request_id IS NOT NULL AND p.depth < 100000
+           ), """
+        + _TREE
+        + " SELECT "
+        + _TREE_COLUMNS
+        + """ WHERE m.conversation_id = %(c)s
+              AND m.request_id IN (SELECT request_id FROM path)
+              AND (%(at)s::timestamptz IS NULL OR (m.created_at, m.id) < (%(at)s, %(id)s))
+            ORDER BY m.created_at DESC, m.id DESC
             LIMIT %(n)s""",
         {
             "c": conversation_id,
@@ -87,6 +129,29 @@ async def messages_page(
             "n": limit + 1,
         },
     )
+
+
+async def tree(conn: AsyncConnection[Any], conversation_id: str) -> list[Row]:
+    """Every message of every branch, oldest first, with its place in the tree."""
+    return await _all(
+        conn,
+        "WITH "
+        + _TREE
+        + " SELECT "
+        + _TREE_COLUMNS
+        + " WHERE m.conversation_id = %(c)s ORDER BY m.created_at, m.id",
+        {"c": conversation_id},
+    )
+
+
+async def current_leaf(conn: AsyncConnection[Any], conversation_id: str) -> str | None:
+    row = await _one(
+        conn,
+        "SELECT COALESCE(current_request_id, last_request_id) AS leaf"
+        " FROM chatlog.conversations WHERE id = %s",
+        (conversation_id,),
+    )
+    return None if row is None else row["leaf"]
 
 
 async def completion(conn: AsyncConnection[Any], request_id: str) -> Row | None:

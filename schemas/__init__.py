@@ -4,6 +4,7 @@ from schemas.codec import decode, encode
 from schemas.errors import ChatlogError, CorruptEvent, EventDecodeError, UnknownEventType
 from schemas.events import (
     AnyEvent,
+    BranchSwitched,
     CancelRequested,
     ChatMessage,
     CompletionFailed,
@@ -22,6 +23,7 @@ from schemas.topics import Topics
 
 __all__ = [
     "AnyEvent",
+    "BranchSwitched",
     "CancelRequested",
     "ChatMessage",
     "ChatlogError",

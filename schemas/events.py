@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import ClassVar, Literal
 
 FinishReason = Literal["stop", "length", "cancelled"]
+Branch = Literal["regenerate", "edit"]
 
 
 def new_event_id() -> str:
@@ -63,7 +64,14 @@ class Usage:
 
 @dataclass(frozen=True, kw_only=True)
 class PromptSubmitted(Event):
-    """A user asked for a completion; `messages` is the full context the model sees."""
+    """A user asked for a completion; `messages` is the full context the model sees.
+
+    The conversation is a tree of requests: `parent_request_id` is the request whose answer
+    this prompt follows (None: a first turn). v2 adds `branch`: None for a new turn,
+    "regenerate" for another answer to the user message of `sibling_of` (the first request
+    that asked it), "edit" for a new user message beside the one of `sibling_of`; both keep
+    `sibling_of`'s parent. None in v1 records, which are all new turns.
+    """
 
     event_type: ClassVar[str] = "PromptSubmitted"
     request_id: str
@@ -74,6 +82,8 @@ class PromptSubmitted(Event):
     params: GenerationParams
     parent_request_id: str | None = None
     idempotency_key: str | None = None
+    branch: Branch | None = None
+    sibling_of: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +107,18 @@ class ConversationDeleted(Event):
     event_type: ClassVar[str] = "ConversationDeleted"
     conversation_id: str
     user_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BranchSwitched(Event):
+    """The user chose the current branch of the conversation's tree: its leaf `request_id`.
+
+    An event (not a read-model flag) so a replay or rebuild reproduces the choice."""
+
+    event_type: ClassVar[str] = "BranchSwitched"
+    conversation_id: str
+    user_id: str
+    request_id: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,7 +189,9 @@ class ReplicaHeartbeat(Event):
         return self.replica_id
 
 
-ConversationEvent = PromptSubmitted | CancelRequested | ConversationRenamed | ConversationDeleted
+ConversationEvent = (
+    PromptSubmitted | CancelRequested | ConversationRenamed | ConversationDeleted | BranchSwitched
+)
 CompletionEvent = CompletionStarted | TokenChunk | CompletionFinished | CompletionFailed
 AnyEvent = ConversationEvent | CompletionEvent
 
@@ -178,6 +202,7 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         CancelRequested,
         ConversationRenamed,
         ConversationDeleted,
+        BranchSwitched,
         CompletionStarted,
         TokenChunk,
         CompletionFinished,

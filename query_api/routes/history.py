@@ -1,4 +1,9 @@
-"""Conversation history: cursor-paginated, newest first, only the caller's own."""
+"""Conversation history: cursor-paginated, newest first, only the caller's own.
+
+A conversation is a tree (issue #15): `/messages` is its current branch, root to the
+current leaf, each message with its siblings (the other answers to the same user message,
+or the other user messages after the same answer); `/tree` is every branch.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +49,21 @@ def _message(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _branch_message(row: dict[str, Any]) -> dict[str, Any]:
+    """A message with its place in the tree: `sibling_index` of `sibling_count`, and the
+    request ids of its siblings (oldest first) to switch to (`POST .../branch`)."""
+    siblings = row["siblings"] or [row["node"] or row["request_id"]]
+    node = row["node"] or row["request_id"]
+    return {
+        **_message(row),
+        "parent_request_id": row["parent_request_id"],
+        "branch": row["branch"],
+        "sibling_count": len(siblings),
+        "sibling_index": siblings.index(node) if node in siblings else 0,
+        "sibling_request_ids": siblings,
+    }
+
+
 def _page(
     rows: list[dict[str, Any]], limit: int, key: str, items: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -85,10 +105,26 @@ async def list_messages(
     limit: Limit = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    """A conversation's messages, newest first (walk the cursor for older ones)."""
+    """The current branch's messages, newest first (walk the cursor toward the root)."""
     after = decode_keyset(cursor)
     async with state.pool.connection() as conn:
         if await views.conversation(conn, user, conversation_id) is None:
             raise NotFound(f"No conversation {conversation_id!r}.", param="conversation_id")
-        rows = await views.messages_page(conn, conversation_id, after, limit)
-    return _page(rows, limit, "created_at", [_message(r) for r in rows])
+        rows = await views.branch_page(conn, conversation_id, after, limit)
+    return _page(rows, limit, "created_at", [_branch_message(r) for r in rows])
+
+
+@router.get("/{conversation_id}/tree")
+async def get_tree(state: State, user: CurrentUser, conversation_id: str) -> dict[str, Any]:
+    """Every message of every branch, oldest first, and the current leaf."""
+    async with state.pool.connection() as conn:
+        if await views.conversation(conn, user, conversation_id) is None:
+            raise NotFound(f"No conversation {conversation_id!r}.", param="conversation_id")
+        rows = await views.tree(conn, conversation_id)
+        leaf = await views.current_leaf(conn, conversation_id)
+    return {
+        "object": "conversation.tree",
+        "conversation_id": conversation_id,
+        "current_request_id": leaf,
+        "data": [_branch_message(r) for r in rows],
+    }

@@ -137,6 +137,55 @@ def test_continuing_a_conversation_sends_the_first_answer_as_context(
     ]
 
 
+def _branch_when(user: User, conversation_id: str, newest: str) -> list[dict[str, Any]] | None:
+    """The current branch (newest first) once its newest answer is `newest`'s, finished."""
+    resp = user.query.get(f"/v1/conversations/{conversation_id}/messages")
+    data: list[dict[str, Any]] = resp.json()["data"] if resp.status_code == 200 else []
+    if data and data[0]["request_id"] == newest and data[0]["status"] == "finished":
+        return data
+    return None
+
+
+def test_regenerate_edit_and_switch_as_a_client_sees_them(
+    alice: User, bob: User, infra_settings: InfraSettings
+) -> None:
+    first = submit(alice, "tree root")
+    read_until_end(alice.query, first["stream_url"])
+    conv = first["conversation_id"]
+    second = submit(alice, "tree leaf", conversation_id=conv)
+    read_until_end(alice.query, second["stream_url"])
+    base = f"/v1/conversations/{conv}"
+    regen = alice.command.post(f"{base}/messages/{second['id']}/regenerate")
+    assert regen.status_code == 202, regen.text
+    assert text_of(read_until_end(alice.query, regen.json()["stream_url"])) == echo("tree leaf")
+    edit = alice.command.post(f"{base}/messages/{second['id']}/edit", json={"content": "tree edit"})
+    assert edit.status_code == 202, edit.text
+    assert text_of(read_until_end(alice.query, edit.json()["stream_url"])) == echo("tree edit")
+
+    def shown(page: list[dict[str, Any]]) -> list[tuple[str, str, int, int]]:
+        return [(m["role"], m["content"], m["sibling_index"], m["sibling_count"]) for m in page]
+
+    # The edit is current: the second of two user messages after the root's answer.
+    assert shown(eventually(lambda: _branch_when(alice, conv, edit.json()["id"]))) == [
+        ("assistant", echo("tree edit"), 0, 1), ("user", "tree edit", 1, 2),
+        ("assistant", echo("tree root"), 0, 1), ("user", "tree root", 0, 1),
+    ]  # fmt: skip
+    # "< 2 / 2 >" on the regenerated answer: switch to it, and continue from there.
+    switched = alice.command.post(f"{base}/branch", json={"request_id": regen.json()["id"]})
+    assert switched.status_code == 200, switched.text
+    assert shown(eventually(lambda: _branch_when(alice, conv, regen.json()["id"]))) == [
+        ("assistant", echo("tree leaf"), 1, 2), ("user", "tree leaf", 0, 2),
+        ("assistant", echo("tree root"), 0, 1), ("user", "tree root", 0, 1),
+    ]  # fmt: skip
+    third = submit(alice, "tree next", conversation_id=conv)
+    read_until_end(alice.query, third["stream_url"])
+    assert _prompt_submitted(infra_settings, third["id"]).parent_request_id == regen.json()["id"]
+    tree = alice.query.get(f"{base}/tree").json()
+    assert len({m["request_id"] for m in tree["data"]}) == 5
+    assert bob.query.get(f"{base}/tree").status_code == 404
+    assert bob.command.post(f"{base}/branch", json={"request_id": first["id"]}).status_code == 404
+
+
 def _prompt_submitted(settings: InfraSettings, request_id: str) -> PromptSubmitted:
     consumer = Consumer(
         {

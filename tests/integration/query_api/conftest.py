@@ -123,12 +123,19 @@ class Projection:
     ) -> datetime:
         at = at or datetime.now(UTC)
         c = self.conn
+        # A continuation follows the conversation's current leaf (the tree of issue #15).
+        prev = c.execute(
+            "SELECT current_request_id FROM chatlog.conversations WHERE id = %s",
+            (conversation_id,),
+        ).fetchone()
         c.execute(
-            """INSERT INTO chatlog.conversations (id, user_id, created_at, updated_at, last_request_id)
-               VALUES (%s, %s, %s, %s, %s)
+            """INSERT INTO chatlog.conversations (id, user_id, created_at, updated_at,
+                                                  last_request_id, current_request_id)
+               VALUES (%s, %s, %s, %s, %s, %s)
                ON CONFLICT (id) DO UPDATE SET updated_at = EXCLUDED.updated_at,
-                                              last_request_id = EXCLUDED.last_request_id""",
-            (conversation_id, user, at, at, request_id),
+                                              last_request_id = EXCLUDED.last_request_id,
+                                              current_request_id = EXCLUDED.current_request_id""",
+            (conversation_id, user, at, at, request_id, request_id),
         )
         c.execute(
             """INSERT INTO chatlog.messages (id, conversation_id, request_id, role, content, status, created_at)
@@ -148,9 +155,19 @@ class Projection:
         )
         c.execute(
             """INSERT INTO chatlog.completions (request_id, conversation_id, user_id, status, model,
-                                                created_at, updated_at)
-               VALUES (%s, %s, %s, 'queued', %s, %s, %s)""",
-            (request_id, conversation_id, user, model, at, at),
+                                                created_at, updated_at, parent_request_id,
+                                                origin_request_id)
+               VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s, %s)""",
+            (
+                request_id,
+                conversation_id,
+                user,
+                model,
+                at,
+                at,
+                prev[0] if prev else None,
+                request_id,
+            ),
         )
         return at
 

@@ -147,3 +147,35 @@ async def test_a_nul_in_a_path_id_is_a_404_on_a_kept_connection(
         assert r.headers.get("connection") != "close"
         # the same connection serves the next request
         assert (await c.get("/healthz")).status_code == 200
+
+
+async def test_messages_are_the_current_branch_with_siblings_and_tree_has_every_branch(
+    client: httpx.AsyncClient, users: Users, projection: Projection
+) -> None:
+    cid, r1, r2, r3 = new_id("conv"), new_id("r1"), new_id("r2"), new_id("r3")
+    base = datetime(2026, 3, 1, tzinfo=UTC)
+    projection.prompt("alice", cid, r1, "Capital of France?", at=base)
+    projection.prompt("alice", cid, r2, "Of Italy?", at=base + timedelta(seconds=1))
+    # back to r1 (a BranchSwitched, as the fold writes it), then an edit of "Of Italy?"
+    projection.conn.execute(
+        "UPDATE chatlog.conversations SET current_request_id = %s WHERE id = %s", (r1, cid)
+    )
+    projection.prompt("alice", cid, r3, "Of Spain?", at=base + timedelta(seconds=2))
+    url = f"/v1/conversations/{cid}"
+
+    page = (await client.get(f"{url}/messages", headers=users.headers("alice"))).json()
+    got = [(m["id"], m["sibling_index"], m["sibling_count"]) for m in page["data"]]
+    assert got == [(f"{r3}:assistant", 0, 1), (f"{r3}:user", 1, 2),
+                   (f"{r1}:assistant", 0, 1), (f"{r1}:user", 0, 1)]  # fmt: skip
+    assert page["data"][1]["sibling_request_ids"] == [r2, r3]
+    assert page["data"][1]["parent_request_id"] == r1
+    assert await walk(client, f"{url}/messages", users.headers("alice"), 1) == [
+        m["id"] for m in page["data"]
+    ]
+
+    tree = (await client.get(f"{url}/tree", headers=users.headers("alice"))).json()
+    assert tree["object"] == "conversation.tree" and tree["current_request_id"] == r3
+    assert {m["request_id"] for m in tree["data"]} == {r1, r2, r3}
+    for path in (f"{url}/tree", f"{url}/messages"):
+        resp = await client.get(path, headers=users.headers("bob"))
+        assert resp.status_code == 404 and resp.json()["error"]["param"] == "conversation_id"

@@ -8,6 +8,7 @@ from dataclasses import replace
 from processors.fold import CONTEXT_STEP, FoldState, fold_batch
 from processors.script import Clock, exchange
 from schemas.events import (
+    BranchSwitched,
     ChatMessage,
     CompletionFinished,
     CompletionStarted,
@@ -231,3 +232,34 @@ def test_started_after_final_is_a_no_op() -> None:
     assert isinstance(started, CompletionStarted)
     state = fold_batch(FoldState(), [events[0], _final(events), started])
     assert state.requests["r"].status == "finished"
+
+
+def _p(clock: Clock, rid: str, *texts: str, **tree: object) -> PromptSubmitted:
+    return PromptSubmitted(
+        request_id=rid, conversation_id="c", user_id="u", model="m",
+        messages=tuple(ChatMessage("user", t) for t in texts),
+        params=GenerationParams(max_tokens=4), occurred_at=clock(), **tree,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_the_tree_places_regenerates_edits_and_a_switch() -> None:
+    clock = Clock()
+    r1 = _p(clock, "r1", "sys?", "q1")
+    r2 = _p(clock, "r2", "q2")  # a v1 continuation that did not name its parent
+    r3 = _p(clock, "r3", "q2", parent_request_id="r1", branch="regenerate", sibling_of="r2")
+    root_edit = _p(clock, "r4", "sys?", "q1 again", branch="edit", sibling_of="r1")
+    switch = BranchSwitched(conversation_id="c", user_id="u", request_id="r3", occurred_at=clock())
+    older = replace(switch, request_id="r2", occurred_at=r1.occurred_at)  # redelivered late
+    state = fold_batch(FoldState(), [r1, r2, r3, root_edit, switch, older])
+    rows = {r: (q.parent_request_id, q.origin_request_id, q.branch) for r, q in state.requests.items()}
+    assert rows == {
+        "r1": (None, "r1", None),
+        "r2": ("r1", "r2", None),
+        "r3": ("r1", "r2", "regenerate"),
+        "r4": (None, "r4", "edit"),
+    }
+    # A root (the edit of the first message) keeps its whole context, a child only its last.
+    assert [m[0] for m in state.requests["r4"].user_messages] == ["r4:ctx000", "r4:user"]
+    assert [m[0] for m in state.requests["r3"].user_messages] == ["r3:user"]
+    conv = state.conversations["c"]
+    assert (conv.current_request_id, conv.last_request_id) == ("r3", "r4")

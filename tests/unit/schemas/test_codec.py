@@ -12,6 +12,7 @@ import fastavro
 import pytest
 
 from schemas import (
+    BranchSwitched,
     CancelRequested,
     ChatMessage,
     CompletionFailed,
@@ -45,7 +46,19 @@ SAMPLES: list[Event] = [
         idempotency_key="k1",
         traceparent="00-abc-def-01",
     ),
+    PromptSubmitted(
+        request_id="r2",
+        conversation_id="c1",
+        user_id="u1",
+        model="smollm2",
+        messages=(ChatMessage("user", "hello again"),),
+        params=GenerationParams(max_tokens=64),
+        parent_request_id="r0",
+        branch="regenerate",
+        sibling_of="r1",
+    ),
     CancelRequested(request_id="r1", conversation_id="c1", user_id="u1"),
+    BranchSwitched(conversation_id="c1", user_id="u1", request_id="r0"),
     ConversationRenamed(conversation_id="c1", user_id="u1", title="Trip to Lisbon"),
     ConversationDeleted(conversation_id="c1", user_id="u1"),
     CompletionStarted(
@@ -120,7 +133,8 @@ def test_every_known_writer_version_decodes_with_the_current_reader(key: tuple[s
     event_type, version = key
     sample = next(e for e in SAMPLES if type(e).event_type == event_type)
     current, headers = encode(sample)
-    record = fastavro.schemaless_reader(io.BytesIO(current), schema_registry()[(event_type, 1)])
+    reader = schema_registry()[(event_type, current_version(event_type))]
+    record = fastavro.schemaless_reader(io.BytesIO(current), reader)
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, schema_registry()[key], record)
     headers = [("event-type", event_type.encode()), ("schema-version", str(version).encode())]
