@@ -12,8 +12,9 @@ U+0000. Both are refused at the door, in any string of the body (keys included),
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -43,6 +44,9 @@ class _Message(BaseModel):
 class _StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
+
+
+_Body = TypeVar("_Body", bound=BaseModel)
 
 
 class ChatCompletionBody(BaseModel):
@@ -92,6 +96,12 @@ class PromptRequest:
 
 def parse_body(raw: bytes, settings: CommandSettings) -> PromptRequest:
     """Validate an OpenAI chat-completions body; raises BadRequest naming the bad param."""
+    return _check(parse_model(raw, ChatCompletionBody, UNSUPPORTED), settings)
+
+
+def parse_model(raw: bytes, model: type[_Body], unsupported: Iterable[str]) -> _Body:
+    """A JSON object body validated into `model` (chat completions, responses): BadRequest
+    naming the bad param for invalid JSON, unstorable text, an unsupported or invalid field."""
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -99,18 +109,17 @@ def parse_body(raw: bytes, settings: CommandSettings) -> PromptRequest:
     if not isinstance(data, dict):
         raise BadRequest("Body must be a JSON object.", code="invalid_json")
     refuse_unstorable(data, ())
-    for name in UNSUPPORTED:
+    for name in unsupported:
         if data.get(name) not in (None, [], {}):
             raise BadRequest(
                 f"`{name}` is not supported.", param=name, code="unsupported_parameter"
             )
     try:
-        body = ChatCompletionBody.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"] if not _union_tag(p)) or None
         raise BadRequest(f"{param}: {first['msg']}", param=param, code="invalid_value") from exc
-    return _check(body, settings)
 
 
 def unstorable(text: str) -> str | None:

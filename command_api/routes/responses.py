@@ -23,14 +23,14 @@ from typing import Annotated, Any
 import httpx
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from command_api.deps import Context, Ctx, CurrentUser, current_user, get_context
 from command_api.errors import GatewayTimeout, UpstreamUnavailable
 from command_api.routes.completions import cancel_chat_completion, read_body, wants_async
 from command_api.routes.conversations import delete_conversation
 from command_api.tracing import traceparent_for
-from command_api.validation import _union_tag, parse_body, path_id, refuse_unstorable
+from command_api.validation import parse_body, parse_model, path_id
 from infra.http import BadRequest, NotFound
 
 router = APIRouter(prefix="/v1/responses", tags=["responses"])
@@ -74,26 +74,7 @@ class ResponsesBody(BaseModel):
 
 
 def _parse(raw: bytes) -> ResponsesBody:
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"Body is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(data, dict):
-        raise BadRequest("Body must be a JSON object.", code="invalid_json")
-    refuse_unstorable(data, ())
-    for name in UNSUPPORTED:
-        if data.get(name) not in (None, [], {}):
-            raise BadRequest(
-                f"`{name}` is not supported.", param=name, code="unsupported_parameter"
-            )
-    try:
-        body = ResponsesBody.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"] if not _union_tag(p))
-        raise BadRequest(
-            f"{param}: {first['msg']}", param=param or None, code="invalid_value"
-        ) from exc
+    body = parse_model(raw, ResponsesBody, UNSUPPORTED)
     if body.store is False:
         raise BadRequest(
             "Every response is stored (it is an event in the log): `store: false` is not "
