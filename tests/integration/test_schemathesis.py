@@ -1,6 +1,6 @@
 """No input gets a 5xx, and the OpenAPI documents tell the truth (issue #12 item 5).
 
-Both APIs run under uvicorn (real sockets, keep-alive) on this module's real Kafka topics,
+Both APIs run as their own processes (real sockets, keep-alive) on this module's real Kafka topics,
 Postgres database and Meilisearch index; schemathesis reads each one's served
 `/openapi.json` and sends what it generates, valid and invalid, with a real key. Checks:
 no 5xx, every status and content type documented, every body as its schema says, and no
@@ -14,17 +14,20 @@ at once (no inference runs here: a `stream: true` prompt would wait for tokens).
 
 from __future__ import annotations
 
-import threading
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import hypothesis
 import pytest
 import schemathesis
-import uvicorn
-from fastapi import FastAPI
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -34,13 +37,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from command_api import CommandSettings
-from command_api import create_app as command_app
 from infra.auth import create_key
 from infra.clients import pg_connect
 from infra.settings import InfraSettings
-from query_api import QuerySettings
-from query_api import create_app as query_app
+from infra.system import settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,27 +49,46 @@ LEAKS = ("psycopg", "Traceback", "Internal Server Error", 'File "/')
 
 
 class Served:
-    """An app under uvicorn in its own thread (its own event loop): the generated tests
-    are synchronous, and the servers must go on answering while they block."""
+    """One API as its own process (`python -m <package>`) on this module's settings.
 
-    def __init__(self, app: FastAPI) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+    Not a thread of this process: the apps' background Kafka consumers (aiokafka shuffles
+    its fetches with the global `random`) would change the global random state while
+    Hypothesis generates a case, which it reports as a strategy using `random` (a
+    deprecation, an error here) and then as a flaky test."""
+
+    def __init__(self, package: str, port_var: str, env: dict[str, str], log: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", package],
+            env={**os.environ, **env, port_var: str(self.port)},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
 
     def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the app did not start")
-            time.sleep(0.05)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return self.url
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"{self.url} did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.2)
 
     def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -79,20 +98,30 @@ def key(infra_settings: InfraSettings) -> str:
 
 
 @pytest.fixture(scope="module")
-def query_url(infra_settings: InfraSettings) -> Iterator[str]:
-    settings = QuerySettings(
-        **{**infra_settings.model_dump(), "owner_wait_s": 0.2, "startup_attempts": 3}
-    )
-    with Served(query_app(settings)) as url:
+def query_url(
+    infra_settings: InfraSettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    env = {
+        **settings_env(infra_settings),
+        "CHATLOG_OWNER_WAIT_S": "0.2",
+        "CHATLOG_STARTUP_ATTEMPTS": "3",
+    }
+    log = tmp_path_factory.mktemp("schemathesis") / "query_api.log"
+    with Served("query_api", "CHATLOG_QUERY_PORT", env, log) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def command_url(infra_settings: InfraSettings, query_url: str) -> Iterator[str]:
-    settings = CommandSettings(**infra_settings.model_dump()).model_copy(
-        update={"query_api_url": query_url, "continuation_wait_s": 0.2}
-    )
-    with Served(command_app(settings)) as url:
+def command_url(
+    infra_settings: InfraSettings, query_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    env = {
+        **settings_env(infra_settings),
+        "CHATLOG_QUERY_API_URL": query_url,
+        "CHATLOG_CONTINUATION_WAIT_S": "0.2",
+    }
+    log = tmp_path_factory.mktemp("schemathesis") / "command_api.log"
+    with Served("command_api", "CHATLOG_COMMAND_PORT", env, log) as url:
         yield url
 
 
