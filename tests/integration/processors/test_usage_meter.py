@@ -156,6 +156,26 @@ async def test_a_late_meter_catches_up_to_the_read_model(settings, history) -> N
     assert gone and kept == [(len(gone),)]
 
 
+class DiesInItsSecondWrite(UsageProjection):
+    """Commits its first batch, then hangs inside the next write's open transaction.
+
+    The kill lands there whatever the machine's speed: a timed kill let a quiet machine
+    fold the whole log before it came.
+    """
+
+    def __init__(self, settings: ProcessorSettings) -> None:
+        super().__init__(settings)
+        self.writes = 0
+        self.hanging = asyncio.Event()
+
+    async def _write(self, conn: Any, rows: list[Any]) -> None:
+        await super()._write(conn, rows)
+        self.writes += 1
+        if self.writes >= 2:
+            self.hanging.set()
+            await asyncio.Event().wait()  # until cancelled: the transaction rolls back
+
+
 async def test_killed_again_and_again_it_still_counts_each_request_once(settings, history) -> None:  # type: ignore[no-untyped-def]
     await meter_to_end(settings)  # the uninterrupted totals
     before = rows(settings, "SELECT * FROM chatlog.usage_daily ORDER BY 1, 2, 3")
@@ -164,13 +184,14 @@ async def test_killed_again_and_again_it_still_counts_each_request_once(settings
         conn.execute("DELETE FROM chatlog.projection_checkpoints WHERE projection = 'usage'")
         conn.commit()
     for _ in range(4):  # kill it mid-run: a cancelled task, its open transaction rolled back
-        projection = UsageProjection(settings)
+        projection = DiesInItsSecondWrite(settings)
         runner = Runner(settings, projection, group=None, stop_at_lag=0, max_events=7)
         task = asyncio.create_task(runner.run())
-        while runner.folded < 20 and not task.done():
-            await asyncio.sleep(0.005)
+        hanging = asyncio.create_task(projection.hanging.wait())
+        await asyncio.wait([task, hanging], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        assert projection.hanging.is_set(), "the meter never reached its second write"
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(task, hanging, return_exceptions=True)
         await projection.close()
     partial = rows(settings, "SELECT coalesce(sum(requests), 0) FROM chatlog.usage_daily")
     assert 0 < partial[0][0] < sum(r[3] for r in before)  # it really was stopped part-way
