@@ -154,8 +154,11 @@ class SearchProjection:
             f"SELECT m.id, m.conversation_id, m.request_id, c.user_id, m.role, m.content,"
             f" c.title, m.created_at FROM {s}.messages m"
             f" JOIN {s}.conversations c ON c.id = m.conversation_id"
+            f" LEFT JOIN {s}.completions r ON r.request_id = m.request_id"
             f" WHERE (m.request_id = ANY(%s) OR m.conversation_id = ANY(%s))"
-            f"   AND (m.role = 'user' OR m.status = 'finished')",
+            f"   AND (m.role = 'user' OR m.status = 'finished')"
+            # a regenerate's question (and a root's context) repeats its origin's: skip it
+            f"   AND (r.branch IS DISTINCT FROM 'regenerate' OR m.id = m.request_id || ':assistant')",
             (requests, renamed),
         )
         return [document(r) for r in await cur.fetchall()]

@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from command_api.readmodel import ReadModel
 from infra.clients import apply_read_model_ddl
 from infra.settings import InfraSettings
-from processors.readout import postgres_digest
+from processors.readout import postgres_digest, search_documents
 from processors.rebuild import rebuild_postgres
 from processors.settings import ProcessorSettings
 from query_api import views
@@ -70,21 +70,22 @@ def _turn(
     ]  # fmt: skip
 
 
-def _tree_log(cid: str) -> list[Event]:
-    """r1 -> r2; r3 regenerates r2, r4 edits r2 and r5 follows r4; then a switch to r3."""
+def _tree_log(cid: str, r: str = "r") -> list[Event]:
+    """r1 -> r2; r3 regenerates r2, r4 edits r2 and r5 follows r4; then a switch to r3
+    (request ids are global: another conversation names them with another prefix `r`)."""
     u1, u2 = ChatMessage("user", "Capital of France?"), ChatMessage("user", "Of Italy?")
     a1 = ChatMessage("assistant", "Paris.")
     edited = ChatMessage("user", "Of Spain?")
     return [
-        *_turn(cid, "r1", 1, (SYSTEM, u1), "Paris."),
-        *_turn(cid, "r2", 2, (SYSTEM, u1, a1, u2), "Rome.", parent_request_id="r1"),
-        *_turn(cid, "r3", 3, (SYSTEM, u1, a1, u2), "Roma.", parent_request_id="r1",
-               branch="regenerate", sibling_of="r2"),
-        *_turn(cid, "r4", 4, (SYSTEM, u1, a1, edited), "Madrid.", parent_request_id="r1",
-               branch="edit", sibling_of="r2"),
-        *_turn(cid, "r5", 5, (SYSTEM, u1, a1, edited, ChatMessage("assistant", "Madrid."),
-                              ChatMessage("user", "Sure?")), "Yes.", parent_request_id="r4"),
-        BranchSwitched(conversation_id=cid, user_id="alice", request_id="r3",
+        *_turn(cid, f"{r}1", 1, (SYSTEM, u1), "Paris."),
+        *_turn(cid, f"{r}2", 2, (SYSTEM, u1, a1, u2), "Rome.", parent_request_id=f"{r}1"),
+        *_turn(cid, f"{r}3", 3, (SYSTEM, u1, a1, u2), "Roma.", parent_request_id=f"{r}1",
+               branch="regenerate", sibling_of=f"{r}2"),
+        *_turn(cid, f"{r}4", 4, (SYSTEM, u1, a1, edited), "Madrid.", parent_request_id=f"{r}1",
+               branch="edit", sibling_of=f"{r}2"),
+        *_turn(cid, f"{r}5", 5, (SYSTEM, u1, a1, edited, ChatMessage("assistant", "Madrid."),
+                              ChatMessage("user", "Sure?")), "Yes.", parent_request_id=f"{r}4"),
+        BranchSwitched(conversation_id=cid, user_id="alice", request_id=f"{r}3",
                        occurred_at=T0 + timedelta(seconds=6)),
     ]  # fmt: skip
 
@@ -147,6 +148,18 @@ async def test_the_tree_folds_switches_survives_a_rebuild_and_is_deleted_whole(
             {"c": cid},
         ).fetchone()
     assert left == (0,)
+
+
+async def test_search_finds_a_regenerated_question_once(settings: ProcessorSettings) -> None:
+    """A regenerate repeats its user message in the read model (each request keeps its own
+    row); the index holds the question once, and every answer and edit beside it."""
+    cid = "conv-tree-search"
+    publish(settings, with_answers(settings, _tree_log(cid, "s")))
+    await fold_to_end(settings, search=True)
+    docs = [d for d in search_documents(settings) if d["conversation_id"] == cid]
+    contents = sorted(d["content"] for d in docs)
+    assert contents.count("Of Italy?") == 1
+    assert {"Rome.", "Roma.", "Of Spain?", "Madrid."} <= set(contents)
 
 
 def _recorded_v1_log() -> list[RawRecord]:
