@@ -3,7 +3,9 @@
 - `conversations`: who owns a conversation and its newest request (optimistic concurrency
   for continuations: two prompts racing on one conversation cannot both win).
 - `requests`: who owns a request; also the sliding-window log the rate limits count.
-- `idempotency_keys`: per (user, key) the body hash and the response, for 24 h.
+- `idempotency_keys`: per (user, key) the body hash and the response, for 24 h; and, from
+  before its admission, the request's encoded PromptSubmitted (`event`, `event_headers`), so
+  a retry after a crash between admission and Kafka's ack can append it (again) itself.
 - `command.admit(...)`: the atomic admission of one prompt (rate limit, concurrency cap,
   conversation ownership/concurrency, request row) under a per-user advisory lock, so every
   command API process shares the limits and one round trip decides. The cap counts leased
@@ -59,6 +61,8 @@ CREATE TABLE IF NOT EXISTS command.idempotency_keys (
     PRIMARY KEY (user_id, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON command.idempotency_keys (created_at);
+ALTER TABLE command.idempotency_keys ADD COLUMN IF NOT EXISTS event bytea;
+ALTER TABLE command.idempotency_keys ADD COLUMN IF NOT EXISTS event_headers jsonb;
 
 CREATE OR REPLACE FUNCTION command.admit(
     p_user text, p_request text, p_conversation text, p_new boolean, p_expected_last text,

@@ -117,8 +117,14 @@ class KafkaEventLog:
         try:
             async with asyncio.timeout_at(deadline):
                 # Cancelling `send` itself (before it returns) drops the record, per aiokafka.
+                # The record's time is the event's: a retry's re-append of a crashed
+                # request's event (prompts.py) sits in the time index where it happened.
                 record = await producer.send(
-                    self._topic, value=value, key=event.key.encode(), headers=headers
+                    self._topic,
+                    value=value,
+                    key=event.key.encode(),
+                    headers=headers,
+                    timestamp_ms=int(event.occurred_at.timestamp() * 1000),
                 )
                 # Shielded: a cancelled record future is still sent; waiting on it without
                 # cancelling it lets `_discard` tell a late ack from a failure. (One timer

@@ -6,16 +6,19 @@ is admitted. Admission (rate limit, concurrency cap, conversation ownership and 
 concurrency) is one atomic Postgres call; the event is appended after it and the admission
 is revoked if Kafka does not ack, so a 503 costs the user nothing.
 
-An Idempotency-Key's row names its request before the append; so a retry after a failure
-between Kafka's ack and marking the key done (a crash, a Postgres error) answers that
-request, never appends a second PromptSubmitted. What no retry can tell: a process killed
-after admission but before the append; its request is answered as accepted and stays
-queued (the lease of `command.admit` frees its slot).
+An Idempotency-Key's row names its request, and holds its encoded event, before the
+admission; so a retry after its process failed anywhere past the admission (before
+Kafka's ack, or between the ack and marking the key done) answers that same request and
+appends that same event (same event_id, same request_id, stamped at its original time):
+in the log once, or twice where the first append had landed, which every consumer folds
+as the one prompt it is (at-least-once delivery). It never becomes a second prompt, and an
+accepted prompt never stays unsent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -33,6 +36,7 @@ from command_api.store import Admission, CommandStore, body_hash
 from command_api.validation import PromptRequest, check_text
 from infra.http import BadRequest, NotFound, RateLimited, Unauthorized
 from schemas import ChatMessage, PromptSubmitted
+from schemas.codec import decode, encode
 from schemas.events import Branch
 
 log = logging.getLogger(__name__)
@@ -146,8 +150,10 @@ class PromptService:
                     r["id"], r["conversation_id"], r["model"], r["created"], {}, replayed=True
                 )
             if existing.stale and existing.admitted is not None:
-                # Its process failed after admission (maybe after Kafka's ack): answering
-                # that request is safe, appending another would run the prompt twice.
+                # Its process failed after admission, maybe before Kafka's ack: append its
+                # own event (again), answer that request; a new one would run it twice.
+                if existing.event is not None:
+                    await self._log.append(decode(*existing.event))
                 conversation_id, admitted_at = existing.admitted
                 accepted = Accepted(
                     existing.request_id,
@@ -206,6 +212,21 @@ class PromptService:
                 param="conversation_id",
                 code="context_too_long",
             )
+        event = PromptSubmitted(
+            request_id=request_id,
+            conversation_id=conversation_id,
+            user_id=user_id or "",  # resolved by the admission: see below
+            model=prompt.model,
+            messages=messages,
+            params=prompt.params,
+            parent_request_id=parent,
+            idempotency_key=idempotency_key,
+            traceparent=traceparent,
+            branch=branching.branch if branching else None,
+            sibling_of=branching.sibling_of if branching else None,
+        )
+        if idempotency_key is not None and user_id is not None:
+            await self._store.stash_event(user_id, idempotency_key, request_id, encode(event))
         admission = await self._store.admit(
             user_id=user_id,
             key_hash=key_hash,
@@ -218,19 +239,8 @@ class PromptService:
         user_id = admission.user_id
         if user_id is None:  # admitted means the caller was resolved
             raise RuntimeError("command.admit_prompt admitted an unknown caller")
-        event = PromptSubmitted(
-            request_id=request_id,
-            conversation_id=conversation_id,
-            user_id=user_id,
-            model=prompt.model,
-            messages=messages,
-            params=prompt.params,
-            parent_request_id=parent,
-            idempotency_key=idempotency_key,
-            traceparent=traceparent,
-            branch=branching.branch if branching else None,
-            sibling_of=branching.sibling_of if branching else None,
-        )
+        if event.user_id != user_id:
+            event = dataclasses.replace(event, user_id=user_id)
         # Shielded: a client that goes away must not leave an admitted-but-unsent request.
         await asyncio.shield(self._append_or_revoke(event, new, expected_last))
         self._metrics.appended(event.event_type)

@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from command_api.batching import Batcher
 from command_api.ratelimit import WindowState
 from command_api.settings import CommandSettings
+from schemas.codec import Headers
 
 Verdict = Literal["ok", "rate_limited", "too_many_generations", "conversation_busy", "unauthorized"]
 
@@ -54,6 +55,8 @@ class IdempotencyRecord:
     `stale`: pending for longer than any request takes (`idempotency_pending_s`), i.e. its
     process failed mid-request. `admitted`: (conversation id, admission time) of the key's
     request while it is admitted, i.e. not revoked: its event may well be in the log.
+    `event`: that request's encoded PromptSubmitted (value, headers), stored before its
+    admission (None in rows written before it was).
     """
 
     matches: bool
@@ -62,6 +65,7 @@ class IdempotencyRecord:
     response: dict[str, Any] | None
     stale: bool = False
     admitted: tuple[str, datetime] | None = None
+    event: tuple[bytes, Headers] | None = None
 
 
 def body_hash(raw: bytes) -> str:
@@ -249,7 +253,7 @@ class CommandStore:
             cur = await conn.execute(
                 "SELECT k.body_hash, k.request_id, k.state, k.response,"
                 " k.created_at < now() - make_interval(secs => %s),"
-                " r.conversation_id, r.created_at"
+                " r.conversation_id, r.created_at, k.event, k.event_headers"
                 " FROM command.idempotency_keys k"
                 " LEFT JOIN command.requests r ON r.request_id = k.request_id"
                 " WHERE k.user_id = %s AND k.key = %s",
@@ -259,9 +263,28 @@ class CommandStore:
         if row is None:  # deleted between the two statements: a released claim; try again
             return await self.claim_key(user_id, key, digest, request_id)
         admitted = None if row[5] is None else (row[5], row[6])
+        event = None
+        if row[7] is not None:
+            event = (bytes(row[7]), [(k, None if v is None else v.encode("latin-1"))
+                                     for k, v in row[8]])  # fmt: skip
         return IdempotencyRecord(
-            row[0] == digest, row[1], row[2] == "done", row[3], bool(row[4]), admitted
+            row[0] == digest, row[1], row[2] == "done", row[3], bool(row[4]), admitted, event
         )
+
+    async def stash_event(
+        self, user_id: str, key: str, request_id: str, event: tuple[bytes, Headers]
+    ) -> None:
+        """Keep the key's request's encoded event, BEFORE its admission: a key found stale
+        and admitted then always has the event, which its retry appends (again)."""
+        value, headers = event
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE command.idempotency_keys SET event = %s, event_headers = %s"
+                " WHERE user_id = %s AND key = %s AND request_id = %s",
+                (value, Jsonb([(k, v.decode("latin-1") if isinstance(v, bytes) else v)
+                               for k, v in headers]),
+                 user_id, key, request_id),
+            )  # fmt: skip
 
     async def complete_key(self, user_id: str, key: str, response: dict[str, Any]) -> None:
         async with self.pool.connection() as conn:

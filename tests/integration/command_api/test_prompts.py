@@ -278,10 +278,68 @@ async def test_a_failure_between_the_ack_and_completing_the_key_never_appends_tw
         await asyncio.sleep(1.0)  # past the pending window: the key is reclaimable by age
         retry = await client.post("/v1/chat/completions", json=body, headers=headers)
     submitted = [e for _, e in await events_about(settings, user) if isinstance(e, PromptSubmitted)]
-    assert len(submitted) == 1, [e.request_id for e in submitted]
+    # One prompt: the retry may append its event again (it cannot tell whether the first
+    # append landed), the same event with the same id, which consumers fold once.
+    assert {(e.event_id, e.request_id) for e in submitted} == {
+        (submitted[0].event_id, first.json()["id"])
+    }, [e.request_id for e in submitted]
     assert first.status_code == 202, first.text  # it WAS accepted: the client is told so
     assert retry.status_code == 202, retry.text
     assert retry.json()["id"] == first.json()["id"] == submitted[0].request_id
+    assert retry.headers["idempotent-replayed"] == "true"
+
+
+class ProcessDied(BaseException):
+    """What a SIGKILL leaves behind: nothing after this point of the process runs."""
+
+
+class StoreOfADyingProcess(CommandStore):
+    """The real store, except that the clean-ups a killed process never reaches do not run."""
+
+    async def revoke(self, **_: Any) -> None:
+        return None
+
+    async def release_key(self, user_id: str, key: str, request_id: str) -> None:
+        return None
+
+
+class KilledBeforeTheAck:
+    """An event log whose process dies while the append is in flight, before Kafka's ack."""
+
+    ready = True
+
+    async def append(self, event: Any) -> None:
+        raise ProcessDied
+
+
+async def test_a_process_killed_before_the_ack_leaves_a_key_whose_retry_sends_the_prompt(
+    infra_settings, new_user
+):
+    """Admitted, then killed before Kafka acked: the retry answers that request AND puts its
+    event in the log (before, it answered 202 for a prompt that was never sent)."""
+    settings = command_settings(infra_settings, idempotency_pending_s=0.5)
+    user, auth = new_user()
+    headers = {**auth, "Idempotency-Key": "killed-before-ack"}
+    body = prompt("sent in the end")
+    async with running_app(settings) as (app, client):
+        ctx = app.state.ctx
+        normal = ctx.prompts
+        ctx.prompts = PromptService(
+            settings, StoreOfADyingProcess(ctx.pool, settings), ctx.read_model,
+            KilledBeforeTheAck(), ctx.metrics,
+        )  # fmt: skip
+        with pytest.raises(BaseException) as died:
+            await client.post("/v1/chat/completions", json=body, headers=headers)
+        assert died.group_contains(ProcessDied) if isinstance(died.value, BaseExceptionGroup) \
+            else isinstance(died.value, ProcessDied)  # fmt: skip
+        assert not [e for _, e in await events_about(settings, user)]  # nothing was sent
+        ctx.prompts = normal  # the retry reaches a healthy process
+        await asyncio.sleep(1.0)  # past the pending window: the key is stale
+        retry = await client.post("/v1/chat/completions", json=body, headers=headers)
+    assert retry.status_code == 202, retry.text
+    submitted = [e for _, e in await events_about(settings, user) if isinstance(e, PromptSubmitted)]
+    assert [e.request_id for e in submitted] == [retry.json()["id"]]
+    assert submitted[0].messages[-1].content == "sent in the end"
     assert retry.headers["idempotent-replayed"] == "true"
 
 
