@@ -15,6 +15,7 @@ from typing import Any
 
 from command_api.upstream import SseEvent
 from infra.http import ApiError, error_body
+from schemas.attempts import attempt_verdict
 
 
 class CompletionError(ApiError):
@@ -83,9 +84,10 @@ class ChunkStream:
         data = ev.data
         attempt = data.get("attempt")
         if ev.event == "chunk":
-            if self.attempt is not None and attempt is not None and attempt < self.attempt:
-                return [], False  # a stale attempt's straggler
-            if self.attempt is not None and attempt is not None and attempt > self.attempt:
+            verdict = attempt_verdict(self.attempt, attempt)
+            if verdict == "stale":
+                return [], False  # a lower attempt's straggler
+            if verdict == "restart":
                 return self._reset(attempt)
             self.attempt = attempt
             text = str(data.get("text", ""))

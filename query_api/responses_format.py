@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from schemas.attempts import attempt_verdict
+
 # chat.completion.status -> Response.status
 STATUS = {
     "queued": "queued",
@@ -177,9 +179,10 @@ class ResponseStream:
         """The events one upstream event makes, and whether the stream is over."""
         attempt = data.get("attempt")
         if event == "chunk":
-            if self.attempt is not None and attempt is not None and attempt < self.attempt:
-                return [], False  # a stale attempt's straggler
-            if self.attempt is not None and attempt is not None and attempt > self.attempt:
+            verdict = attempt_verdict(self.attempt, attempt)
+            if verdict == "stale":
+                return [], False  # a lower attempt's straggler
+            if verdict == "restart":
                 return self._reset(attempt)
             self.attempt = attempt
             text = str(data.get("text", ""))
