@@ -1,0 +1,261 @@
+"""The faust-table usage meter, SIGKILLed mid-run again and again on the real broker.
+
+Issue #18 asks whether a faust agent with faust tables and their changelogs can be the
+meter: "kill the meter mid-run in a test; if its tables lose or double-count, show that
+test". Each kill lands on an observable state (the changelogs have grown by STEP records
+since the start), never on a timer, and the test checks the kill was mid-run (the group's
+committed offsets short of the log end). After the last restart reaches the end, three
+things must equal the totals recomputed from the Postgres read model: the meter's
+Postgres rows (what the API reads), its per-request table and its per-day counting table
+(both read back from their changelog topics, as a recovery would).
+
+Knobs for the long runs behind docs/usage_faust.md (CI runs it once, 3 kills):
+CHATLOG_FAUST_RUNS, CHATLOG_FAUST_KILLS, CHATLOG_FAUST_GUARANTEE (at_least_once |
+exactly_once), CHATLOG_FAUST_RESULTS (a JSON-lines file each run appends its figures to).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from infra.clients import pg_connect
+from infra.settings import InfraSettings
+from processors.script import workload
+from processors.settings import ProcessorSettings
+from processors.usage.faust_meter import DAILY_TABLE, REQUESTS_TABLE, MeterSettings
+from schemas.events import Event
+from tests.integration.processors.support import (
+    fold_to_end,
+    processor_settings,
+    publish,
+    subprocess_env,
+)
+from tests.integration.processors.test_usage_meter import (
+    METER,
+    READ_MODEL,
+    answers_of,
+    deleted_requests,
+    rows,
+    traffic,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+RUNS = int(os.environ.get("CHATLOG_FAUST_RUNS", "1"))
+KILLS = int(os.environ.get("CHATLOG_FAUST_KILLS", "3"))
+GUARANTEE = os.environ.get("CHATLOG_FAUST_GUARANTEE", "at_least_once")
+RESULTS = os.environ.get("CHATLOG_FAUST_RESULTS")
+STEP = 150  # changelog records written between two kills
+FIRST_BATCH = re.compile(rb"usage meter: first batch at (\S+)\[(\d+)\]@(\d+)")
+
+
+@pytest.fixture(scope="module")
+def settings(infra_settings: InfraSettings) -> ProcessorSettings:
+    return processor_settings(infra_settings)
+
+
+@pytest.fixture(scope="module")
+async def history(settings: ProcessorSettings) -> list[Event]:
+    """Traffic enough for KILLS kills STEP records apart, folded by the Postgres projection."""
+    events = traffic() + list(workload(40 + 80 * KILLS, chunks_per_request=1, seed=7))
+    items = answers_of(settings, events)
+    publish(settings, items)
+    publish(settings, [i for i in items if isinstance(i, tuple)][:5])  # redelivered finals
+    await fold_to_end(settings)
+    return events
+
+
+def _admin(settings: InfraSettings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+
+
+def _ends(settings: InfraSettings, topics: list[str]) -> dict[tuple[str, int], int]:
+    """High watermarks of `topics` (a topic faust has not created yet counts as empty)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
+    try:
+        meta = consumer.list_topics(timeout=10).topics
+        out = {}
+        for t in topics:
+            for p in meta[t].partitions if t in meta else ():
+                out[(t, p)] = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+        return out
+    finally:
+        consumer.close()
+
+
+def _committed(settings: InfraSettings, group: str, tps: list[tuple[str, int]]) -> int:
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    req = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in tps])
+    admin = _admin(settings)  # held: its futures die with it
+    result = admin.list_consumer_group_offsets([req])[group].result(30)
+    return sum(max(tp.offset, 0) for tp in result.topic_partitions)
+
+
+def _read_table(settings: InfraSettings, topic: str) -> dict[str, Any]:
+    """A changelog read as a recovery reads it: the last committed value per key."""
+    ends = {p: e for (_, p), e in _ends(settings, [topic]).items()}
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": f"read-{uuid.uuid4()}", "isolation.level": "read_committed",
+                         "enable.auto.commit": False})  # fmt: skip
+    table: dict[str, Any] = {}
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        left = {p for p, e in ends.items() if e > 0}
+        deadline = time.monotonic() + 60
+        while left and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                left = {p for p in left if consumer.position([TopicPartition(topic, p)])[0].offset
+                        < consumer.get_watermark_offsets(TopicPartition(topic, p))[1]}  # fmt: skip
+                continue
+            assert not msg.error(), msg.error()
+            key, value, p, offset = msg.key(), msg.value(), msg.partition(), msg.offset()
+            assert key is not None and p is not None and offset is not None
+            table[json.loads(key)] = None if value is None else json.loads(value)
+            if offset + 1 >= ends[p]:
+                left.discard(p)
+        assert not left, f"{topic}: could not read to the end"
+    finally:
+        consumer.close()
+    return {k: v for k, v in table.items() if v is not None}
+
+
+def _wait(what: str, done: Callable[[], bool], log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"{what}: not reached; see {log}"
+        assert b"Traceback" not in log.read_bytes(), f"{what}: the meter crashed; see {log}"
+        time.sleep(0.005)
+
+
+def _at_least(count: Callable[[], int], target: int) -> Callable[[], bool]:
+    return lambda: count() >= target
+
+
+def _wait_for_line(log: Path) -> re.Match[bytes]:
+    """The meter's first-batch line (its start, rebalance and table recovery are done)."""
+    _wait("the first batch", lambda: FIRST_BATCH.search(log.read_bytes()) is not None, log)
+    first = FIRST_BATCH.search(log.read_bytes())
+    assert first is not None
+    return first
+
+
+def _daily_totals(daily: dict[str, list[int]]) -> dict[tuple[str, str, str], list[int]]:
+    """The counting table summed over partitions: (user, model, day) -> counts."""
+    out: dict[tuple[str, str, str], list[int]] = {}
+    for key, counts in daily.items():
+        _, user, model, day = key.split("|")
+        acc = out.setdefault((user, model, day), [0, 0, 0, 0, 0])
+        out[(user, model, day)] = [a + b for a, b in zip(acc, counts, strict=True)]
+    return {k: v for k, v in out.items() if v[0]}
+
+
+def run_once(settings: ProcessorSettings, history: list[Event], tmp: Path) -> dict[str, Any]:
+    """One meter from nothing to the log end, SIGKILLed KILLS times; returns its figures."""
+    app_id = f"usage-meter-{uuid.uuid4().hex[:8]}"
+    meter = MeterSettings(**{**settings.model_dump(), "meter_app_id": app_id})
+    changelogs = [meter.changelog_topic(REQUESTS_TABLE), meter.changelog_topic(DAILY_TABLE)]
+    ends = _ends(settings, [settings.topics.conversations, settings.topics.answers])
+    source, end = list(ends), sum(ends.values())
+    with pg_connect(settings) as conn:
+        conn.execute("DELETE FROM chatlog.usage_requests")
+        conn.commit()
+    env = subprocess_env(settings, CHATLOG_METER_APP_ID=app_id, CHATLOG_METER_BATCH="5",
+                         CHATLOG_METER_COMMIT_INTERVAL_S="0.2",
+                         CHATLOG_METER_GUARANTEE=GUARANTEE)  # fmt: skip
+
+    def committed_now() -> int:
+        return _committed(settings, meter.meter_app_name, source)
+
+    def written() -> int:
+        return sum(_ends(settings, changelogs).values())
+
+    def start(i: int) -> tuple[subprocess.Popen[bytes], Path, float]:
+        log = tmp / f"{app_id}-{i}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "processors.usage.faust_meter"],
+                                    env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        return proc, log, time.monotonic()
+
+    kills: list[dict[str, Any]] = []
+    last = 0
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        for i in range(KILLS + 1):
+            proc, log, t0 = start(i)
+            first = _wait_for_line(log)
+            resumed = {"resume_s": round(time.monotonic() - t0, 2), "first_offset": int(first[3])}
+            if i == KILLS:
+                _wait("the log end", lambda: _committed(settings, meter.meter_app_name, source)
+                      >= end, log, 180)  # fmt: skip
+                kills.append(resumed)
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+                break
+            # killed once the changelogs grew by STEP and the group committed past its
+            # last position: the restart must resume mid-log on a recovered table
+            target = written() + STEP
+            _wait(f"{STEP} more changelog records", _at_least(written, target), log)
+            _wait("a commit", _at_least(committed_now, last + 1), log)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            last = committed_now()
+            assert last < end, "the kill must land before the meter committed the end"
+            kills.append({**resumed, "changelog": written(), "committed": last, "end": end})
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+    expected = rows(settings, READ_MODEL)
+    got = rows(settings, METER, deleted_requests(history))  # the API keeps deleted ones' usage
+    requests = _read_table(settings, changelogs[0])
+    daily = _daily_totals(_read_table(settings, changelogs[1]))
+    view = {(u, m, d.isoformat()): [n, pt, ct, c, f] for u, m, d, n, pt, ct, c, f
+            in rows(settings, "SELECT * FROM chatlog.usage_daily")}  # fmt: skip
+    pg = {r[0]: list(r[1:]) for r in rows(settings, "SELECT request_id, user_id, model,"
+          " day::text, attempt, outcome, prompt_tokens, completion_tokens FROM"
+          " chatlog.usage_requests")}  # fmt: skip
+    figures = {
+        "guarantee": GUARANTEE,
+        "kills": kills,
+        "requests_read_model": sum(r[3] for r in expected),
+        "requests_meter": sum(r[3] for r in got),
+        "requests_pg_rows": sum(v[0] for v in view.values()),
+        "requests_daily_table": sum(v[0] for v in daily.values()),
+        "table_rows_differing_from_pg": sum(1 for k, v in requests.items() if pg.get(k) != v)
+        + len(set(pg) - set(requests)),
+        "meter_matches": got == expected,
+        "daily_table_matches": daily == view,
+    }
+    if RESULTS:
+        with open(RESULTS, "a") as f:
+            f.write(json.dumps(figures) + "\n")
+    admin = _admin(settings)
+    for future in admin.delete_topics(changelogs, operation_timeout=30).values():
+        future.result(60)
+    return figures
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+def test_the_faust_meter_killed_mid_run_again_and_again_keeps_the_totals(
+    settings: ProcessorSettings, history: list[Event], tmp_path: Path, run: int
+) -> None:
+    figures = run_once(settings, history, tmp_path)
+    assert figures["requests_meter"] == figures["requests_read_model"], figures
+    assert figures["meter_matches"], figures
+    assert figures["table_rows_differing_from_pg"] == 0, figures
+    assert figures["daily_table_matches"], figures
