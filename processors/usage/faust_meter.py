@@ -84,7 +84,8 @@ def contribution(row: UsageRow) -> tuple[str, Counts] | None:
 class FaustMeter:
     """The agent's body: fold a batch over the tables, then project its rows to Postgres."""
 
-    def __init__(self, settings: MeterSettings, requests: Any, daily: Any) -> None:
+    def __init__(self, settings: MeterSettings, app: Any, requests: Any, daily: Any) -> None:
+        self.app = app
         self.requests = requests
         self.daily = daily
         self._session = PgSession(settings.postgres_url)
@@ -98,6 +99,9 @@ class FaustMeter:
             if not self._started:  # the evidence that a restart resumes, not re-reads
                 self._started = True
                 log.info("usage meter: first batch at %s[%d]@%d", m.topic, m.partition, m.offset)
+            if self.app.in_recovery:  # faust should hold the streams until tables recover
+                log.warning("usage meter: a batch while the tables recover (%s[%d]@%d)",
+                            m.topic, m.partition, m.offset)  # fmt: skip
             if event_type_of(m.headers) not in EVENT_TYPES:
                 continue
             try:
@@ -118,6 +122,9 @@ class FaustMeter:
                 rows[rid] = row_from_json(rid, stored)
                 before[rid] = contribution(rows[rid])
         fold_usage(rows, events)
+        if orphans := [r for r in rows.values() if r.user_id is None]:  # evidence, see docs
+            log.info("usage meter: %d rows without their prompt yet, e.g. %s (partition %d)",
+                     len(orphans), orphans[0].request_id, partition[orphans[0].request_id])  # fmt: skip
         for rid, row in rows.items():
             if row.dirty:
                 self._set(self.requests, partition[rid], rid, row_to_json(row))
@@ -170,7 +177,7 @@ def create_meter_app(settings: MeterSettings) -> faust.App:
         app.Table(name, default=None, partitions=settings.partitions)
         for name in (REQUESTS_TABLE, DAILY_TABLE)
     )
-    meter = FaustMeter(settings, requests, daily)
+    meter = FaustMeter(settings, app, requests, daily)
 
     @app.agent(source, concurrency=1)
     async def usage_meter(stream: Any) -> None:

@@ -25,6 +25,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ GUARANTEE = os.environ.get("CHATLOG_FAUST_GUARANTEE", "at_least_once")
 RESULTS = os.environ.get("CHATLOG_FAUST_RESULTS")
 STEP = 150  # changelog records written between two kills
 FIRST_BATCH = re.compile(rb"usage meter: first batch at (\S+)\[(\d+)\]@(\d+)")
+STAMP = rb"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] \[\d+\] \[\w+\] "
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +108,11 @@ def _committed(settings: InfraSettings, group: str, tps: list[tuple[str, int]]) 
     return sum(max(tp.offset, 0) for tp in result.topic_partitions)
 
 
-def _read_table(settings: InfraSettings, topic: str) -> dict[str, Any]:
-    """A changelog read as a recovery reads it: the last committed value per key."""
+def _read_table(
+    settings: InfraSettings, topic: str, history: dict[str, list[Any]] | None = None
+) -> dict[str, Any]:
+    """A changelog read as a recovery reads it: the last committed value per key (and, into
+    `history`, every value each key had, in order)."""
     ends = {p: e for (_, p), e in _ends(settings, [topic]).items()}
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
                          "group.id": f"read-{uuid.uuid4()}", "isolation.level": "read_committed",
@@ -126,7 +131,10 @@ def _read_table(settings: InfraSettings, topic: str) -> dict[str, Any]:
             assert not msg.error(), msg.error()
             key, value, p, offset = msg.key(), msg.value(), msg.partition(), msg.offset()
             assert key is not None and p is not None and offset is not None
-            table[json.loads(key)] = None if value is None else json.loads(value)
+            k, v = json.loads(key), None if value is None else json.loads(value)
+            table[k] = v
+            if history is not None:
+                history.setdefault(k, []).append([p, offset, v])
             if offset + 1 >= ends[p]:
                 left.discard(p)
         assert not left, f"{topic}: could not read to the end"
@@ -153,6 +161,21 @@ def _wait_for_line(log: Path) -> re.Match[bytes]:
     first = FIRST_BATCH.search(log.read_bytes())
     assert first is not None
     return first
+
+
+def _phases(log: Path) -> dict[str, float]:
+    """From the worker's own log: start -> table recovery done -> first batch, in seconds."""
+    text = log.read_bytes()
+
+    def at(what: bytes, last: bool = False) -> datetime:
+        found = re.findall(STAMP + re.escape(what), text)
+        assert found, f"{what!r} not in {log}"
+        return datetime.strptime(found[-1 if last else 0].decode(), "%Y-%m-%d %H:%M:%S,%f")
+
+    start, first = at(b"[^Worker]: Starting"), at(b"usage meter: first batch")
+    recovered = at(b"[^---Recovery]: Recovery complete", last=True)
+    return {"recovered_s": round((recovered - start).total_seconds(), 2),
+            "first_batch_s": round((first - start).total_seconds(), 2)}  # fmt: skip
 
 
 def _daily_totals(daily: dict[str, list[int]]) -> dict[tuple[str, str, str], list[int]]:
@@ -199,7 +222,8 @@ def run_once(settings: ProcessorSettings, history: list[Event], tmp: Path) -> di
         for i in range(KILLS + 1):
             proc, log, t0 = start(i)
             first = _wait_for_line(log)
-            resumed = {"resume_s": round(time.monotonic() - t0, 2), "first_offset": int(first[3])}
+            resumed = {"resume_s": round(time.monotonic() - t0, 2), "first_offset": int(first[3]),
+                       **_phases(log)}  # fmt: skip
             if i == KILLS:
                 _wait("the log end", lambda: _committed(settings, meter.meter_app_name, source)
                       >= end, log, 180)  # fmt: skip
@@ -222,13 +246,18 @@ def run_once(settings: ProcessorSettings, history: list[Event], tmp: Path) -> di
             proc.kill()
     expected = rows(settings, READ_MODEL)
     got = rows(settings, METER, deleted_requests(history))  # the API keeps deleted ones' usage
-    requests = _read_table(settings, changelogs[0])
+    versions: dict[str, list[Any]] = {}
+    requests = _read_table(settings, changelogs[0], versions)
     daily = _daily_totals(_read_table(settings, changelogs[1]))
     view = {(u, m, d.isoformat()): [n, pt, ct, c, f] for u, m, d, n, pt, ct, c, f
             in rows(settings, "SELECT * FROM chatlog.usage_daily")}  # fmt: skip
     pg = {r[0]: list(r[1:]) for r in rows(settings, "SELECT request_id, user_id, model,"
           " day::text, attempt, outcome, prompt_tokens, completion_tokens FROM"
           " chatlog.usage_requests")}  # fmt: skip
+    by_id = {r[0]: r for r in rows(settings, "SELECT request_id, user_id, status FROM"
+                                           " chatlog.completions")}  # fmt: skip
+    lost = [{"request": rid, "pg": pg.get(rid), "changelog": versions.get(rid)}
+            for rid in by_id if (pg.get(rid) or [None])[0] is None]  # fmt: skip
     figures = {
         "guarantee": GUARANTEE,
         "kills": kills,
@@ -239,6 +268,8 @@ def run_once(settings: ProcessorSettings, history: list[Event], tmp: Path) -> di
         "table_rows_differing_from_pg": sum(1 for k, v in requests.items() if pg.get(k) != v)
         + len(set(pg) - set(requests)),
         "meter_matches": got == expected,
+        "lost": len(lost),
+        "lost_sample": lost[:5],
         "daily_table_matches": daily == view,
     }
     if RESULTS:
