@@ -49,7 +49,7 @@ class MeterSettings(ProcessorSettings):
 
     meter_app_id: str = "chatlog-usage-meter"  # + topic prefix: group id, changelog names
     meter_guarantee: str = "at_least_once"  # faust's processing_guarantee (or exactly_once)
-    meter_batch: int = 500  # events per take_events batch = one Postgres write
+    meter_batch: int = 500  # events per take_events batch = one Postgres write (1: no take)
     meter_within_s: float = 0.05
     meter_commit_interval_s: float = 1.0  # faust's broker_commit_interval
 
@@ -181,6 +181,10 @@ def create_meter_app(settings: MeterSettings) -> faust.App:
 
     @app.agent(source, concurrency=1)
     async def usage_meter(stream: Any) -> None:
+        if settings.meter_batch <= 1:  # one event at a time, faust's own acking: no take()
+            async for event in stream.events():
+                await meter.apply([event])
+            return
         async for batch in stream.take_events(settings.meter_batch, within=settings.meter_within_s):
             await meter.apply(batch)
 

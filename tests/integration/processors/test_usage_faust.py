@@ -11,7 +11,8 @@ Postgres rows (what the API reads), its per-request table and its per-day counti
 
 Knobs for the long runs behind docs/usage_faust.md (CI runs it once, 3 kills):
 CHATLOG_FAUST_RUNS, CHATLOG_FAUST_KILLS, CHATLOG_FAUST_GUARANTEE (at_least_once |
-exactly_once), CHATLOG_FAUST_RESULTS (a JSON-lines file each run appends its figures to).
+exactly_once), CHATLOG_FAUST_BATCH (take_events size; 1 = event by event),
+CHATLOG_FAUST_RESULTS (a JSON-lines file each run appends its figures to).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 RUNS = int(os.environ.get("CHATLOG_FAUST_RUNS", "1"))
 KILLS = int(os.environ.get("CHATLOG_FAUST_KILLS", "3"))
 GUARANTEE = os.environ.get("CHATLOG_FAUST_GUARANTEE", "at_least_once")
+BATCH = os.environ.get("CHATLOG_FAUST_BATCH", "5")  # 1: the agent reads event by event
 RESULTS = os.environ.get("CHATLOG_FAUST_RESULTS")
 STEP = 150  # changelog records written between two kills
 FIRST_BATCH = re.compile(rb"usage meter: first batch at (\S+)\[(\d+)\]@(\d+)")
@@ -204,7 +206,7 @@ def run_once(settings: ProcessorSettings, history: list[Event], tmp: Path) -> di
     with pg_connect(settings) as conn:
         conn.execute("DELETE FROM chatlog.usage_requests")
         conn.commit()
-    env = subprocess_env(settings, CHATLOG_METER_APP_ID=app_id, CHATLOG_METER_BATCH="5",
+    env = subprocess_env(settings, CHATLOG_METER_APP_ID=app_id, CHATLOG_METER_BATCH=BATCH,
                          CHATLOG_METER_COMMIT_INTERVAL_S="0.2",
                          CHATLOG_METER_GUARANTEE=GUARANTEE)  # fmt: skip
 
@@ -266,6 +268,7 @@ def run_once(settings: ProcessorSettings, history: list[Event], tmp: Path) -> di
             for rid in by_id if (pg.get(rid) or [None])[0] is None]  # fmt: skip
     figures = {
         "guarantee": GUARANTEE,
+        "batch": int(BATCH),
         "kills": kills,
         "requests_read_model": sum(r[3] for r in expected),
         "requests_meter": sum(r[3] for r in got),
