@@ -26,24 +26,43 @@ def row(run: int, d: dict[str, Any]) -> str:
     first = "/".join(f"{k.get('first_batch_s', k['resume_s'])}" for k in kills)
     daily = d["requests_daily_table"] - d["requests_pg_rows"]
     return (
-        f"| {run} | {d['guarantee']} | {len(kills) - 1} | {d['requests_read_model']} "
+        f"| {run} | {d['guarantee']} {d.get('batch', 5)} | {len(kills) - 1} | {d['requests_read_model']} "
         f"| {d['requests_meter'] - d['requests_read_model']:+d} | {daily:+d} "
         f"| {d['table_rows_differing_from_pg']} | {committed} | {recovered} | {first} "
         f"| {'/'.join(str(k['first_offset']) for k in kills)} |"
     )
 
 
+def totals(runs: list[dict[str, Any]]) -> str:
+    """Per guarantee and batch mode: runs, runs that lost, requests lost, counts above truth."""
+    out = ["", "| guarantee | batch | runs | kills | runs losing meter rows | requests lost "
+           "(meter) | runs losing in the counting table | requests lost (counting table) "
+           "| counts above the truth |", "|" + "---|" * 9]  # fmt: skip
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for d in runs:
+        groups.setdefault((d["guarantee"], d.get("batch", 5)), []).append(d)
+    for (guarantee, batch), ds in sorted(groups.items()):
+        meter = [d["requests_read_model"] - d["requests_meter"] for d in ds]
+        daily = [d["requests_pg_rows"] - d["requests_daily_table"] for d in ds]
+        over = sum(len(d.get("meter_over", [])) + len(d.get("daily_table_over", [])) for d in ds)
+        out.append(f"| {guarantee} | {batch} | {len(ds)} | {sum(len(d['kills']) - 1 for d in ds)} "
+                   f"| {sum(1 for m in meter if m)} | {sum(meter)} | {sum(1 for x in daily if x)} "
+                   f"| {sum(daily)} | {over} |")  # fmt: skip
+    return "\n".join(out)
+
+
 def main(paths: list[str]) -> int:
-    print("| run | guarantee | kills | requests | meter rows vs read model "
+    print("| run | guarantee, batch | kills | requests | meter rows vs read model "
           "| counting table vs rows | table rows != pg | committed at each kill "
           "| recovery done (s after start) | first batch (s) | first offset read |")  # fmt: skip
     print("|" + "---|" * 11)
-    n = 0
+    runs: list[dict[str, Any]] = []
     for path in paths:
         with open(path) as f:
-            for line in f:
-                n += 1
-                print(row(n, json.loads(line)))
+            runs += [json.loads(line) for line in f]
+    for n, d in enumerate(runs, 1):
+        print(row(n, d))
+    print(totals(runs))
     return 0
 
 
