@@ -2,8 +2,10 @@
 
 Why the Postgres-checkpoint pattern (`processors.runner`) and not a faust agent with
 tables: the meter's rows and its position commit in one transaction, so a kill at any
-point loses nothing and counts nothing twice; faust's table recovery has open bugs
-(INFRA-NOTES), and the quota reads these rows from Postgres anyway.
+point loses nothing and counts nothing twice, and the quota reads these rows from Postgres
+anyway. The faust-table meter was built and SIGKILLed mid-run on the real broker
+(`processors.usage.faust_meter`, `docs/usage_faust.md`): it lost requests under
+at_least_once and exactly_once alike.
 Why chat.answers and not chat.completions: it holds only the finals and keeps them forever
 (chat.completions' records expire after days, and its chunks would be read only to be
 skipped), and it is keyed by conversation like chat.conversations.
