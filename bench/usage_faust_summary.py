@@ -37,7 +37,7 @@ def totals(runs: list[dict[str, Any]]) -> str:
     """Per guarantee and batch mode: runs, runs that lost, requests lost, counts above truth."""
     out = ["", "| guarantee | batch | runs | kills | runs losing meter rows | requests lost "
            "(meter) | runs losing in the counting table | requests lost (counting table) "
-           "| counts above the truth |", "|" + "---|" * 9]  # fmt: skip
+           "| counts above the truth | stalls restarted |", "|" + "---|" * 10]  # fmt: skip
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for d in runs:
         groups.setdefault((d["guarantee"], d.get("batch", 5)), []).append(d)
@@ -47,7 +47,8 @@ def totals(runs: list[dict[str, Any]]) -> str:
         over = sum(len(d.get("meter_over", [])) + len(d.get("daily_table_over", [])) for d in ds)
         out.append(f"| {guarantee} | {batch} | {len(ds)} | {sum(len(d['kills']) - 1 for d in ds)} "
                    f"| {sum(1 for m in meter if m)} | {sum(meter)} | {sum(1 for x in daily if x)} "
-                   f"| {sum(daily)} | {over} |")  # fmt: skip
+                   f"| {sum(daily)} | {over} "
+                   f"| {sum(d['kills'][-1].get('stalls', 0) for d in ds)} |")  # fmt: skip
     return "\n".join(out)
 
 

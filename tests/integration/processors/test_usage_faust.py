@@ -64,6 +64,9 @@ GUARANTEE = os.environ.get("CHATLOG_FAUST_GUARANTEE", "at_least_once")
 BATCH = os.environ.get("CHATLOG_FAUST_BATCH", "5")  # 1: the agent reads event by event
 RESULTS = os.environ.get("CHATLOG_FAUST_RESULTS")
 STEP = 150  # changelog records written between two kills
+# One run in ten stopped folding short of the end and never moved again (docs/usage_faust.md):
+# a final start that commits nothing for STALL_S is killed and restarted, and counted.
+STALL_S, MAX_STALLS = 30.0, 3
 FIRST_BATCH = re.compile(rb"usage meter: first batch at (\S+)\[(\d+)\]@(\d+)")
 STAMP = rb"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] \[\d+\] \[\w+\] "
 
@@ -76,7 +79,7 @@ def settings(infra_settings: InfraSettings) -> ProcessorSettings:
 @pytest.fixture(scope="module")
 async def history(settings: ProcessorSettings) -> list[Event]:
     """Traffic enough for KILLS kills STEP records apart, folded by the Postgres projection."""
-    events = traffic() + list(workload(40 + 80 * KILLS, chunks_per_request=1, seed=7))
+    events = traffic() + list(workload(40 + 200 * KILLS, chunks_per_request=1, seed=7))
     items = answers_of(settings, events)
     publish(settings, items)
     publish(settings, [i for i in items if isinstance(i, tuple)][:5])  # redelivered finals
@@ -160,6 +163,19 @@ def _wait(what: str, done: Callable[[], bool], log: Path, timeout_s: float = 120
         time.sleep(0.005)
 
 
+def _reached_or_stalled(count: Callable[[], int], target: int, log: Path) -> bool:
+    """Wait until `count()` reaches `target` (True) or stops moving for STALL_S (False)."""
+    seen, since = count(), time.monotonic()
+    while seen < target:
+        assert b"Traceback" not in log.read_bytes(), f"the meter crashed; see {log}"
+        time.sleep(0.05)
+        if (now := count()) > seen:
+            seen, since = now, time.monotonic()
+        elif time.monotonic() - since > STALL_S:
+            return False
+    return True
+
+
 def _at_least(count: Callable[[], int], target: int) -> Callable[[], bool]:
     return lambda: count() >= target
 
@@ -237,21 +253,25 @@ def _kill_again_and_again(
         return sum(_ends(meter, changelogs).values())
 
     kills: list[dict[str, Any]] = []
-    last = 0
+    last, stalls = 0, 0
     proc: subprocess.Popen[bytes] | None = None
     try:
-        for i in range(KILLS + 1):
+        for i in range(KILLS + 1 + MAX_STALLS):
             log = tmp / f"{meter.meter_app_id}-{i}.log"
             with log.open("wb") as out:
                 proc = subprocess.Popen([sys.executable, "-m", "processors.usage.faust_meter"],
                                         env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
             first = _wait_for_line(log)
             resumed = {"first_offset": int(first[3]), **_phases(log)}
-            if i == KILLS:
-                _wait("the log end", _at_least(committed_now, end), log, 180)
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
-                return [*kills, resumed]
+            if i >= KILLS:
+                if _reached_or_stalled(committed_now, end, log):
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(30)
+                    return [*kills, {**resumed, "stalls": stalls}]
+                stalls += 1  # no commit for STALL_S: killed and restarted, as a supervisor would
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                continue
             # killed once the changelogs grew by STEP and the group committed past its
             # last position: the restart must resume mid-log on a recovered table
             _wait(f"{STEP} more changelog records", _at_least(written, written() + STEP), log)
@@ -264,7 +284,7 @@ def _kill_again_and_again(
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
-    raise AssertionError("unreachable: the last start returns")
+    raise AssertionError(f"the meter stalled {stalls} times short of the log end")
 
 
 def _compare(
