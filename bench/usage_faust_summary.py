@@ -23,7 +23,7 @@ def row(run: int, d: dict[str, Any]) -> str:
     kills = d["kills"]
     committed = "/".join(str(k.get("committed", "")) for k in kills[:-1])
     recovered = "/".join(f"{k.get('recovered_s', '?')}" for k in kills)
-    first = "/".join(f"{k.get('first_batch_s', k['resume_s'])}" for k in kills)
+    first = "/".join(f"{k.get('first_batch_s') or k.get('resume_s')}" for k in kills)
     daily = d["requests_daily_table"] - d["requests_pg_rows"]
     return (
         f"| {run} | {d['guarantee']} {d.get('batch', 5)} | {len(kills) - 1} | {d['requests_read_model']} "
