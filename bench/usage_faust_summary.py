@@ -37,7 +37,7 @@ def totals(runs: list[dict[str, Any]]) -> str:
     """Per guarantee and batch mode: runs, runs that lost, requests lost, counts above truth."""
     out = ["", "| guarantee | batch | runs | kills | runs losing meter rows | requests lost "
            "(meter) | runs losing in the counting table | requests lost (counting table) "
-           "| counts above the truth | stalls restarted |", "|" + "---|" * 10]  # fmt: skip
+           "| keys above the truth | stalls restarted |", "|" + "---|" * 10]  # fmt: skip
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for d in runs:
         groups.setdefault((d["guarantee"], d.get("batch", 5)), []).append(d)

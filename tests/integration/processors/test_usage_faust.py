@@ -315,15 +315,17 @@ def _compare(
         "daily_table_matches": daily == view,
         "lost": len(lost),
         "lost_sample": lost[:5],
-        # a count above its truth anywhere: what a double count would look like
+        # requests or tokens above their truth anywhere: what a double count looks like
         "meter_over": _over(got, expected),
         "daily_table_over": _over(daily, view),
     }
 
 
 def _over(counted: dict[Any, list[int]], truth: dict[Any, list[int]]) -> list[str]:
+    """Keys whose requests or tokens exceed the truth. Not the cancelled/failed counts: a
+    lost retry's final leaves its first attempt's failure counted, which is a loss."""
     return [str(k) for k, v in counted.items()
-            if any(a > b for a, b in zip(v, truth.get(k, [0] * len(v)), strict=True))]  # fmt: skip
+            if any(a > b for a, b in zip(v[:3], truth.get(k, [0] * 3)[:3], strict=True))]  # fmt: skip
 
 
 @pytest.mark.parametrize("run", range(RUNS))
