@@ -32,7 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, IsolationLevel, KafkaException, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    IsolationLevel,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from infra.clients import pg_connect
@@ -106,8 +112,6 @@ def _ends(settings: InfraSettings, topics: list[str]) -> dict[tuple[str, int], i
 
 
 def _committed(settings: InfraSettings, group: str, tps: list[tuple[str, int]]) -> int:
-    from confluent_kafka import ConsumerGroupTopicPartitions
-
     req = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in tps])
     admin = _admin(settings)  # held: its futures die with it
     result = admin.list_consumer_group_offsets([req])[group].result(30)
