@@ -2,8 +2,10 @@
 
 Why the Postgres-checkpoint pattern (`processors.runner`) and not a faust agent with
 tables: the meter's rows and its position commit in one transaction, so a kill at any
-point loses nothing and counts nothing twice; faust's table recovery has open bugs
-(INFRA-NOTES), and the quota reads these rows from Postgres anyway.
+point loses nothing and counts nothing twice, and the quota reads these rows from Postgres
+anyway. The faust-table meter was built and SIGKILLed mid-run on the real broker
+(`processors.usage.faust_meter`, `docs/usage_faust.md`): it lost requests under
+at_least_once and exactly_once alike.
 Why chat.answers and not chat.completions: it holds only the finals and keeps them forever
 (chat.completions' records expire after days, and its chunks would be read only to be
 skipped), and it is keyed by conversation like chat.conversations.
@@ -67,20 +69,26 @@ class UsageProjection:
         return {r[0]: UsageRow(*r) for r in await cur.fetchall()}
 
     async def _write(self, conn: AConn, rows: list[UsageRow]) -> None:
-        if not rows:
-            return
-        cols = list(zip(*((r.request_id, r.user_id, r.model, r.day, r.attempt, r.outcome,
-                           r.prompt_tokens, r.completion_tokens) for r in rows), strict=True))  # fmt: skip
-        await conn.execute(
-            f"INSERT INTO {self.schema}.usage_requests ({_COLUMNS}, updated_at)"
-            f" SELECT *, now() FROM unnest(%s::text[], %s::text[], %s::text[], %s::date[],"
-            f" %s::int[], %s::text[], %s::int[], %s::int[])"
-            f" ON CONFLICT (request_id) DO UPDATE SET user_id = EXCLUDED.user_id,"
-            f" model = EXCLUDED.model, day = EXCLUDED.day, attempt = EXCLUDED.attempt,"
-            f" outcome = EXCLUDED.outcome, prompt_tokens = EXCLUDED.prompt_tokens,"
-            f" completion_tokens = EXCLUDED.completion_tokens, updated_at = now()",
-            [list(c) for c in cols],
-        )
+        await upsert_rows(conn, rows, self.schema)
 
     async def close(self) -> None:
         await self._session.close()
+
+
+async def upsert_rows(conn: AConn, rows: list[UsageRow], schema: str = LIVE_SCHEMA) -> None:
+    """Write `rows` over their `usage_requests` rows: an idempotent upsert, so re-writing a
+    row after a redelivery changes nothing (the faust meter relies on it too)."""
+    if not rows:
+        return
+    cols = list(zip(*((r.request_id, r.user_id, r.model, r.day, r.attempt, r.outcome,
+                       r.prompt_tokens, r.completion_tokens) for r in rows), strict=True))  # fmt: skip
+    await conn.execute(
+        f"INSERT INTO {checked_schema(schema)}.usage_requests ({_COLUMNS}, updated_at)"
+        f" SELECT *, now() FROM unnest(%s::text[], %s::text[], %s::text[], %s::date[],"
+        f" %s::int[], %s::text[], %s::int[], %s::int[])"
+        f" ON CONFLICT (request_id) DO UPDATE SET user_id = EXCLUDED.user_id,"
+        f" model = EXCLUDED.model, day = EXCLUDED.day, attempt = EXCLUDED.attempt,"
+        f" outcome = EXCLUDED.outcome, prompt_tokens = EXCLUDED.prompt_tokens,"
+        f" completion_tokens = EXCLUDED.completion_tokens, updated_at = now()",
+        [list(c) for c in cols],
+    )
