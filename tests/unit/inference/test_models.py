@@ -60,3 +60,39 @@ def test_ingress_paths() -> None:
     assert route("/inference/org/m-2/metrics", "/inference/", models) == ("org/m-2", "metrics")
     assert route("/inference/nope/status", "/inference", models) is None
     assert route("/inference/m-1/other", "/inference", models) is None
+
+
+async def test_a_replica_takes_only_its_own_models_prompts_and_the_greedy_one_decodes_greedily() -> (
+    None
+):
+    from inference.scripted import ScriptedEngine
+    from inference.worker import ReplicaWorker
+    from schemas.events import ChatMessage, GenerationParams, PromptSubmitted
+
+    settings = InferenceSettings(
+        models="a,b", engine="scripted", model_settings={"a": {"greedy": True}}
+    ).for_model("a")
+    worker = ReplicaWorker(settings, ScriptedEngine("a"))  # not started: no Kafka needed
+    try:
+        worker.offsets.assign([0])
+
+        def submitted(request_id: str, model: str) -> PromptSubmitted:
+            return PromptSubmitted(
+                request_id=request_id,
+                conversation_id="c",
+                user_id="u",
+                model=model,
+                messages=(ChatMessage("user", "hi"),),
+                params=GenerationParams(max_tokens=5, temperature=0.9),
+            )
+
+        worker._prompt(submitted("for-b", "b"), 0, 0)
+        worker._prompt(submitted("for-a", "a"), 0, 1)
+        assert list(worker.scheduler.by_request) == ["for-a"]  # b's is left to b's group
+        prepared = worker.scheduler.by_request["for-a"].prepared
+        assert prepared is not None and prepared.params.temperature == 0.0
+        worker.offsets.finish(0, 1)
+        assert worker.offsets.pending_commits() == {0: 2}  # b's prompt never holds a commit
+    finally:
+        await worker.publisher.stop()
+        await worker._beat_producer.stop()
