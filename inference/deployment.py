@@ -4,7 +4,7 @@ Tokens never travel through Serve: a replica consumes prompts from Kafka (in its
 consumer group) and publishes chunks to Kafka itself. Serve gives placement (replicas,
 CPUs/GPUs per replica, per model), restarts of unhealthy replicas (`check_health` fails
 when a worker loop died) and a small HTTP surface through the `InferenceRouter` ingress:
-`GET <route>/status` (every model's), `GET <route>/<model>/status` and
+`GET <route>/status` (every model's; 503 when none is healthy), `GET <route>/<model>/status` and
 `GET <route>/<model>/metrics` (Prometheus, one replica's); `<route>/metrics` is the
 default model's.
 
@@ -107,10 +107,19 @@ class InferenceRouter:
             handle = self._replicas[model or self._models[0]]
             return Response(await handle.metrics.remote(), media_type="text/plain")
         names = [model] if model else self._models
-        statuses = await asyncio.gather(*(self._replicas[m].status.remote() for m in names))
-        by_model = dict(zip(names, statuses, strict=True))
-        body: dict[str, Any] = statuses[0] if model else {"models": by_model}
-        return Response(json.dumps(body), media_type="application/json")
+        answers = await asyncio.gather(
+            *(self._replicas[m].status.remote() for m in names), return_exceptions=True
+        )
+        # a model whose replica fails answers for itself; the others still report
+        statuses = [
+            a if isinstance(a, dict) else {"model": m, "healthy": False, "reason": repr(a)}
+            for m, a in zip(names, answers, strict=True)
+        ]
+        ok = any(s["healthy"] for s in statuses)
+        body = statuses[0] if model else {"models": {s["model"]: s for s in statuses}}
+        return Response(
+            json.dumps(body), status_code=200 if ok else 503, media_type="application/json"
+        )
 
 
 def deployment_name(model: str) -> str:
