@@ -3,7 +3,8 @@
 Tokens never travel through Serve: a replica consumes prompts from Kafka (in its model's
 consumer group) and publishes chunks to Kafka itself. Serve gives placement (replicas,
 CPUs/GPUs per replica, per model), restarts of unhealthy replicas (`check_health` fails
-when a worker loop died) and a small HTTP surface through the `InferenceRouter` ingress:
+when a worker loop died) and a small HTTP surface through the `InferenceRouter` ingress
+(with one model, the replicas are the ingress):
 `GET <route>/status` (every model's; 503 when none is healthy), `GET <route>/<model>/status` and
 `GET <route>/<model>/metrics` (Prometheus, one replica's); `<route>/metrics` is the
 default model's.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ray import serve
@@ -73,6 +75,16 @@ class InferenceReplica:
         """This replica's Prometheus exposition."""
         return self._worker.metrics.exposition()
 
+    async def __call__(self, request: Request) -> Response:
+        """The app's HTTP surface when this is its only model (no router actor then)."""
+        model = self._worker.engine.model_id
+        return await answer(
+            request.url.path,
+            self._settings.serve_route,
+            {model: self.status},
+            {model: self.metrics},
+        )
+
     async def __del__(self) -> None:
         await self._worker.stop()
         self._worker.engine.close()
@@ -90,36 +102,63 @@ def route(path: str, prefix: str, models: list[str]) -> tuple[str | None, str] |
     return None
 
 
+Status = Callable[[], Awaitable[dict[str, Any]]]
+Metrics = Callable[[], Awaitable[bytes]]
+
+
+async def answer(
+    path: str, prefix: str, status: dict[str, Status], metrics: dict[str, Metrics]
+) -> Response:
+    """The HTTP surface over each model's `status()` and `metrics()` (see `route`)."""
+    models = list(status)
+    asked = route(path, prefix, models)
+    if asked is None:
+        return Response("not found", status_code=404, media_type="text/plain")
+    model, what = asked
+    if what == "metrics":
+        return Response(await metrics[model or models[0]](), media_type="text/plain")
+    names = [model] if model else models
+    answers = await asyncio.gather(*(status[m]() for m in names), return_exceptions=True)
+    # a model whose replica fails answers for itself; the others still report
+    statuses = [
+        a if isinstance(a, dict) else {"model": m, "healthy": False, "reason": repr(a)}
+        for m, a in zip(names, answers, strict=True)
+    ]
+    ok = any(s["healthy"] for s in statuses)
+    body = statuses[0] if model else {"models": {s["model"]: s for s in statuses}}
+    return Response(json.dumps(body), status_code=200 if ok else 503, media_type="application/json")
+
+
 @serve.deployment(name="InferenceRouter", ray_actor_options={"num_cpus": 0})
 class InferenceRouter:
-    """The app's ingress: sends status and metrics requests to the model's deployment."""
+    """The ingress of an app of several models: asks the model's deployment."""
 
     def __init__(self, replicas: dict[str, DeploymentHandle[Any]], prefix: str) -> None:
         self._replicas, self._prefix = replicas, prefix
-        self._models = list(replicas)
 
     async def __call__(self, request: Request) -> Response:
-        asked = route(request.url.path, self._prefix, self._models)
-        if asked is None:
-            return Response("not found", status_code=404, media_type="text/plain")
-        model, what = asked
-        if what == "metrics":
-            handle = self._replicas[model or self._models[0]]
-            return Response(await handle.metrics.remote(), media_type="text/plain")
-        names = [model] if model else self._models
-        answers = await asyncio.gather(
-            *(self._replicas[m].status.remote() for m in names), return_exceptions=True
+        return await answer(
+            request.url.path,
+            self._prefix,
+            {m: self._status(h) for m, h in self._replicas.items()},
+            {m: self._metrics(h) for m, h in self._replicas.items()},
         )
-        # a model whose replica fails answers for itself; the others still report
-        statuses = [
-            a if isinstance(a, dict) else {"model": m, "healthy": False, "reason": repr(a)}
-            for m, a in zip(names, answers, strict=True)
-        ]
-        ok = any(s["healthy"] for s in statuses)
-        body = statuses[0] if model else {"models": {s["model"]: s for s in statuses}}
-        return Response(
-            json.dumps(body), status_code=200 if ok else 503, media_type="application/json"
-        )
+
+    @staticmethod
+    def _status(handle: DeploymentHandle[Any]) -> Status:
+        async def call() -> dict[str, Any]:
+            result: dict[str, Any] = await handle.status.remote()
+            return result
+
+        return call
+
+    @staticmethod
+    def _metrics(handle: DeploymentHandle[Any]) -> Metrics:
+        async def call() -> bytes:
+            result: bytes = await handle.metrics.remote()
+            return result
+
+        return call
 
 
 def deployment_name(model: str) -> str:
@@ -147,5 +186,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         ).bind(s.model_dump(mode="json"))
         for s in served
     }
+    if len(replicas) == 1:  # the replicas answer HTTP themselves: one actor fewer
+        only: Application = next(iter(replicas.values()))
+        return only
     app: Application = router.bind(replicas, settings.serve_route)
     return app
