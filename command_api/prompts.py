@@ -23,6 +23,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,14 +122,20 @@ class PromptService:
         idempotency_key: str | None,
         traceparent: str,
         branching: Branching | None = None,
+        gate: Callable[[], None] | None = None,
     ) -> Accepted:
         """Accept a prompt (or replay the one accepted under the same Idempotency-Key).
 
         `user_id` may be None (the caller's key not cached) only for a new conversation
         without Idempotency-Key: admission then resolves `key_hash` in the same round trip.
+        `gate` (the model's breaker) may refuse a NEW prompt; a replay is answered whatever
+        it says, since that prompt was accepted already (a client retrying it during an
+        outage must learn its request id, not get a 503 and give up on it).
         """
         request_id = new_request_id()
         if idempotency_key is None:
+            if gate is not None:
+                gate()
             return await self._accept(
                 user_id, key_hash, prompt, request_id, None, traceparent, branching
             )
@@ -170,6 +177,8 @@ class PromptService:
                 headers={"Retry-After": "1"},
             )
         try:
+            if gate is not None:
+                gate()
             accepted = await self._accept(
                 user_id, key_hash, prompt, request_id, idempotency_key, traceparent, branching
             )

@@ -1,8 +1,10 @@
 """`python -m inference`: run the inference service (configured by CHATLOG_* env).
 
 Default: start a local Ray, deploy the Serve app (replicas from settings) and wait.
-`--no-ray`: run one ReplicaWorker in this process (development, and the crash tests,
-which SIGKILL it); with CHATLOG_METRICS_PORT its metrics are served on that port.
+`--no-ray`: run one ReplicaWorker in this process (development, the crash tests, which
+SIGKILL it, and a model served apart from the Serve app); `--model` picks which of the
+served models (default: the first); with CHATLOG_METRICS_PORT its metrics are served on
+that port.
 """
 
 from __future__ import annotations
@@ -58,7 +60,10 @@ def _run_serve(settings: InferenceSettings, port: int) -> None:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(), name="inference", route_prefix=settings.serve_route, blocking=False)
-        log.info("inference app deployed (%d replicas)", settings.replicas)
+        log.info(
+            "inference app deployed: %s",
+            ", ".join(f"{s.model_id} x{s.replicas} ({s.engine})" for s in settings.served()),
+        )
         while True:
             signal.pause()
     except (SystemExit, KeyboardInterrupt):
@@ -77,11 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__)
     parser.add_argument("--no-ray", action="store_true", help="one worker in this process")
     parser.add_argument("--http-port", type=int, help="Serve HTTP port (CHATLOG_SERVE_HTTP_PORT)")
+    parser.add_argument("--model", help="--no-ray: the served model to run (default: the first)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = InferenceSettings()
     if args.no_ray:
-        asyncio.run(_run_worker(settings))
+        asyncio.run(_run_worker(settings.for_model(args.model or settings.model_id)))
     else:
         _run_serve(settings, args.http_port or settings.serve_http_port)
     return 0

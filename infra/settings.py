@@ -15,6 +15,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.topics import DEFAULT_PARTITIONS, Topics
 
 LOCAL_MEILI_KEY = "chatlog-local-master-key-0123456789"
+# The models served by default (#14 item 4): SmolLM2-135M-Instruct on the transformers
+# engine, and the same weights configured to decode greedily (InferenceSettings.
+# model_settings says how each differs).
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+GREEDY_MODEL = "SmolLM2-135M-Instruct-greedy"
 
 
 class InfraSettings(BaseSettings):
@@ -39,7 +44,10 @@ class InfraSettings(BaseSettings):
     meili_url: str | None = "http://127.0.0.1:17700"
     meili_key: str = LOCAL_MEILI_KEY
     index_prefix: str = ""
-    models: str = "SmolLM2-135M-Instruct"  # comma-separated ids the inference deployment serves
+    # Comma-separated ids of the served models, the first the default. Each has its own
+    # replicas (and consumer group) and its own breaker; how a model's replicas differ from
+    # the inference defaults (engine, replicas, ...) is InferenceSettings.model_settings.
+    models: str = f"{DEFAULT_MODEL},{GREEDY_MODEL}"
     # Ray's shared-memory object store for the inference replicas (`ray.init(object_store_
     # memory=...)`). Tokens go to Kafka directly, never through Ray objects, so a small store
     # is plenty; Ray's default is 30% of the machine's memory, on /dev/shm.

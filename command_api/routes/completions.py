@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -59,7 +60,6 @@ async def create_chat_completion(request: Request) -> Response:
     try:
         raw = await read_body(request, ctx.settings.max_body_bytes)
         prompt = parse_body(raw, ctx.settings)
-        ctx.availability.check(prompt.model)  # 503 model_unavailable: nothing is accepted
         # Admission resolves API keys only: a session (the gateway's cookie) is resolved here.
         early = idempotency_key is not None or prompt.conversation_id is not None
         quota = ctx.settings.token_quota_per_day
@@ -74,6 +74,8 @@ async def create_chat_completion(request: Request) -> Response:
             raw=raw,
             idempotency_key=idempotency_key,
             traceparent=traceparent_for(traceparent),
+            # 503 model_unavailable for a new prompt (nothing is accepted); a replay passes
+            gate=functools.partial(ctx.availability.check, prompt.model),
         )
     except ApiError as exc:
         if user is None and not isinstance(exc, Unauthorized):

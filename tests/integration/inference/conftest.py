@@ -40,12 +40,19 @@ def inference_settings(infra_settings: InfraSettings) -> InferenceSettings:
     )
 
 
-def prompt(text: str, *, conversation_id: str | None = None, max_tokens: int = 200, **params):
+def prompt(
+    text: str,
+    *,
+    conversation_id: str | None = None,
+    max_tokens: int = 200,
+    model: str = "scripted-echo",  # a replica takes only its own model's prompts
+    **params,
+):
     return PromptSubmitted(
         request_id=f"req-{uuid.uuid4().hex[:10]}",
         conversation_id=conversation_id or f"conv-{uuid.uuid4().hex[:8]}",
         user_id="user-1",
-        model="scripted-echo",
+        model=model,
         messages=(ChatMessage("user", text),),
         params=GenerationParams(max_tokens=max_tokens, **params),
     )

@@ -33,13 +33,15 @@ def serve_app(inference_settings):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = inference_settings.model_dump(mode="json") | {"replicas": 2, "num_cpus": 0.5}
         serve.run(build_app(args), name="inference-test", route_prefix="/inference")
-        yield f"http://127.0.0.1:{port}/inference"
+        yield f"http://127.0.0.1:{port}/inference/{inference_settings.model_id}"
     finally:
         serve.shutdown()
         ray.shutdown()
 
 
 async def test_serve_deployment_end_to_end(inference_settings, completions, serve_app):
+    from inference.deployment import deployment_name
+
     async with httpx.AsyncClient(timeout=10) as http:
         # both replicas join the group; wait until all partitions are owned
         async with asyncio.timeout(60):
@@ -58,9 +60,8 @@ async def test_serve_deployment_end_to_end(inference_settings, completions, serv
     replicas = set()
     for i, p in enumerate(ps):
         events = completions.events(p.request_id)
-        assert (
-            isinstance(events[0], CompletionStarted) and "InferenceReplica#" in events[0].replica_id
-        )
+        assert isinstance(events[0], CompletionStarted)
+        assert events[0].replica_id.startswith(deployment_name(p.model) + "#")
         replicas.add(events[0].replica_id)
         assert (
             "".join(e.text for e in events if isinstance(e, TokenChunk))
