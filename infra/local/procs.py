@@ -59,12 +59,45 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
+def clear_stale(pidfile: Path) -> bool:
+    """After a crash: remove a pid file whose process is gone, and SIGKILL what is left of
+    its session. spawn() makes each service a session leader, and some children leave its
+    process group but not its session (Ray's controller and HTTP proxy: they outlive a
+    SIGKILLed `inference` for seconds, holding its port). True if anything was stale."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return False
+    if read_pid(pidfile) is not None:
+        return False
+    for orphan in session_members(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while session_members(pid) and time.monotonic() < deadline:  # until their ports are free
+        time.sleep(0.05)
+    pidfile.unlink(missing_ok=True)
+    return True
+
+
+def session_members(sid: int) -> list[int]:
+    """The live processes of session `sid` (from /proc)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[3]) == sid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
 def stop_pid(pidfile: Path, *, timeout_s: float = 30.0) -> bool:
     """SIGTERM the process group, SIGKILL after `timeout_s`. True if something was stopped."""
     pid = read_pid(pidfile)
     if pid is None:
-        pidfile.unlink(missing_ok=True)
-        return False
+        return clear_stale(pidfile)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
@@ -95,13 +128,17 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def wait_until(
     check: Callable[[], bool], *, timeout_s: float, what: str, hint: str, interval_s: float = 0.25
 ) -> None:
-    """Poll `check` until true; after `timeout_s` raise ServiceError naming `what` and `hint`."""
+    """Poll `check` until true; after `timeout_s` raise ServiceError naming `what` and `hint`.
+
+    A ServiceError from `check` (e.g. "the process exited") is final and raised at once."""
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
             if check():
                 return
+        except ServiceError:
+            raise
         except Exception as exc:  # a not-yet-ready service raises all sorts
             last = exc
         time.sleep(interval_s)
