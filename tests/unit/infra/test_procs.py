@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from infra.local.procs import (
     port_open,
     read_pid,
     spawn,
+    start_time,
     stop_pid,
     wait_until,
 )
@@ -86,3 +88,25 @@ def test_a_service_that_exits_while_starting_fails_at_once_not_at_the_timeout() 
     with pytest.raises(ServiceError, match="exited"):
         wait_until(exited, timeout_s=60, what="svc", hint="")
     assert time.monotonic() - started < 30  # not the 60 s timeout
+
+
+def test_a_pid_reused_by_another_process_is_neither_running_nor_signalled(
+    tmp_path: Path,
+) -> None:
+    """After a crash or a reboot the recorded pid may be someone else's by now."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pidfile = tmp_path / "run" / "svc.pid"
+        pidfile.parent.mkdir()
+        started = start_time(other.pid)
+        assert started is not None
+        # What `spawn` wrote for the crashed service, whose pid `other` now has.
+        pidfile.write_text(f"{other.pid} {started - 1}")
+        assert read_pid(pidfile) is None
+        assert not stop_pid(pidfile, timeout_s=5)  # `down`: nothing of ours to stop
+        assert other.poll() is None and not pidfile.exists()  # untouched; the file is gone
+        pidfile.write_text(f"{other.pid} {started}")
+        assert read_pid(pidfile) == other.pid
+    finally:
+        other.kill()
+        other.wait()
