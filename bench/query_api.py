@@ -67,6 +67,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def session_cpu_seconds(pid: int) -> float:
+    """CPU of `pid`'s session: nginx's master and its workers."""
+    from infra.local.procs import session_members
+
+    return sum(cpu_seconds(p) for p in session_members(pid))
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -283,6 +290,7 @@ def run_once(
     kafka_pid: int | None = None,
     warmup: float = 2.0,
     client_port: int | None = None,
+    gateway_pid: int | None = None,
 ) -> dict[str, Any]:
     """One load level: `warmup` seconds of load that is delivered and checked but not
     measured (a fresh server process, and a broker's JIT after a restart, are slower for
@@ -344,6 +352,7 @@ def run_once(
     load_before = os.getloadavg()[0]
     cpu_before = cpu_seconds(server_pid)
     kafka_before = cpu_seconds(kafka_pid) if kafka_pid else 0.0
+    gateway_before = session_cpu_seconds(gateway_pid) if gateway_pid else 0.0
     lag_before = server_lag_buckets(port)
     time.sleep(max(0.0, measured_from + seconds / 2 - time.time()))
     rss_live = rss_kib(server_pid)
@@ -359,6 +368,7 @@ def run_once(
         clients_cpu += cpu
     server_cpu = cpu_seconds(server_pid) - cpu_before
     kafka_cpu = cpu_seconds(kafka_pid) - kafka_before if kafka_pid else 0.0
+    gateway_cpu = session_cpu_seconds(gateway_pid) - gateway_before if gateway_pid else 0.0
     lag_after = server_lag_buckets(port)
     load_after = os.getloadavg()[0]
     for w in workers + producers:
@@ -392,6 +402,7 @@ def run_once(
         "clients_cpu_us_per_event": 1e6 * clients_cpu / everything,
         "producers_cpu_us_per_event": 1e6 * sum(c for _, _, c in finished) / everything,
         "kafka_cpu_us_per_event": 1e6 * kafka_cpu / delivered,
+        "gateway_cpu_us_per_event": 1e6 * gateway_cpu / delivered,
         "load_before_after": f"{load_before:.1f}/{load_after:.1f}",
         "p50_ms": 1000 * statistics.median(lags),
         "p99_ms": 1000 * lags[int(0.99 * (len(lags) - 1))],
@@ -532,6 +543,7 @@ def main() -> None:
                         kafka_pid,
                         args.warmup,
                         client_port=gateway[1] if gateway and path == "gateway" else None,
+                        gateway_pid=gateway[0].pid if gateway and path == "gateway" else None,
                     )
                     row = {"path": path, **result}
                     print(
@@ -557,7 +569,9 @@ def start_gateway(query_port: int) -> tuple[subprocess.Popen[bytes], int]:
         port=port, command_ports=[query_port], query_ports=[query_port], max_body_bytes=1 << 20
     )
     directory = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    proc = subprocess.Popen(gateway.prepare(cfg, directory), stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        gateway.prepare(cfg, directory), stdout=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
