@@ -24,8 +24,10 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -231,7 +233,8 @@ def profile(system: System, directory: Path, seconds: float) -> list[subprocess.
     for name in ("command_api", "query_api"):
         pid = read_pid(system.pidfile(system.service(name)))
         out = directory / f"{name}.txt"
-        cmd = ["py-spy", "record", "-f", "raw", "-r", "200", "-d", str(int(seconds))]
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        cmd = [spy, "record", "-f", "raw", "-r", "200", "-d", str(int(seconds))]
         procs.append(
             subprocess.Popen(
                 [*cmd, "-o", str(out), "-p", str(pid)],
