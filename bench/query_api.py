@@ -25,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -64,6 +65,13 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def session_cpu_seconds(pid: int) -> float:
+    """CPU of `pid`'s session: nginx's master and its workers."""
+    from infra.local.procs import session_members
+
+    return sum(cpu_seconds(p) for p in session_members(pid))
 
 
 def rss_kib(pid: int) -> int:
@@ -281,6 +289,8 @@ def run_once(
     linger_ms: int = 5,
     kafka_pid: int | None = None,
     warmup: float = 2.0,
+    client_port: int | None = None,
+    gateway_pid: int | None = None,
 ) -> dict[str, Any]:
     """One load level: `warmup` seconds of load that is delivered and checked but not
     measured (a fresh server process, and a broker's JIT after a restart, are slower for
@@ -312,7 +322,8 @@ def run_once(
     streams = [requests[i % len(requests)] for i in range(n)]  # per_request clients each
     shares = [streams[i::procs] for i in range(procs)]
     workers = [
-        ctx.Process(target=client_process, args=(port, key, s, ready, results)) for s in shares
+        ctx.Process(target=client_process, args=(client_port or port, key, s, ready, results))
+        for s in shares
     ]
     for w in workers:
         w.start()
@@ -341,6 +352,7 @@ def run_once(
     load_before = os.getloadavg()[0]
     cpu_before = cpu_seconds(server_pid)
     kafka_before = cpu_seconds(kafka_pid) if kafka_pid else 0.0
+    gateway_before = session_cpu_seconds(gateway_pid) if gateway_pid else 0.0
     lag_before = server_lag_buckets(port)
     time.sleep(max(0.0, measured_from + seconds / 2 - time.time()))
     rss_live = rss_kib(server_pid)
@@ -356,6 +368,7 @@ def run_once(
         clients_cpu += cpu
     server_cpu = cpu_seconds(server_pid) - cpu_before
     kafka_cpu = cpu_seconds(kafka_pid) - kafka_before if kafka_pid else 0.0
+    gateway_cpu = session_cpu_seconds(gateway_pid) - gateway_before if gateway_pid else 0.0
     lag_after = server_lag_buckets(port)
     load_after = os.getloadavg()[0]
     for w in workers + producers:
@@ -389,6 +402,7 @@ def run_once(
         "clients_cpu_us_per_event": 1e6 * clients_cpu / everything,
         "producers_cpu_us_per_event": 1e6 * sum(c for _, _, c in finished) / everything,
         "kafka_cpu_us_per_event": 1e6 * kafka_cpu / delivered,
+        "gateway_cpu_us_per_event": 1e6 * gateway_cpu / delivered,
         "load_before_after": f"{load_before:.1f}/{load_after:.1f}",
         "p50_ms": 1000 * statistics.median(lags),
         "p99_ms": 1000 * lags[int(0.99 * (len(lags) - 1))],
@@ -457,6 +471,14 @@ def main() -> None:
         "schemas/ to compare against; infra/ still comes from this checkout)",
     )
     parser.add_argument(
+        "--paths",
+        nargs="+",
+        choices=["direct", "gateway"],
+        default=["direct"],
+        help="each level once per path, in turn: straight to the query API, or through "
+        "the nginx gateway (infra/gateway.py's config, one query instance behind it)",
+    )
+    parser.add_argument(
         "--clients-per-request",
         type=int,
         default=1,
@@ -492,6 +514,7 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
+        gateway = None
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -502,30 +525,62 @@ def main() -> None:
                     if time.monotonic() > deadline or server.poll() is not None:
                         raise RuntimeError("query API did not become ready") from None
                     time.sleep(0.3)
+            if "gateway" in args.paths:
+                gateway = start_gateway(port)
             for n in args.clients:
-                result = run_once(
-                    s,
-                    port,
-                    server.pid,
-                    key,
-                    n,
-                    args.seconds,
-                    args.client_procs,
-                    args.clients_per_request,
-                    args.producer_procs,
-                    args.producer_linger_ms,
-                    kafka_pid,
-                    args.warmup,
-                )
-                print(
-                    json.dumps(
-                        {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}
-                    ),
-                    flush=True,
-                )
+                for path in args.paths:
+                    result = run_once(
+                        s,
+                        port,
+                        server.pid,
+                        key,
+                        n,
+                        args.seconds,
+                        args.client_procs,
+                        args.clients_per_request,
+                        args.producer_procs,
+                        args.producer_linger_ms,
+                        kafka_pid,
+                        args.warmup,
+                        client_port=gateway[1] if gateway and path == "gateway" else None,
+                        gateway_pid=gateway[0].pid if gateway and path == "gateway" else None,
+                    )
+                    row = {"path": path, **result}
+                    print(
+                        json.dumps(
+                            {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
+                        ),
+                        flush=True,
+                    )
         finally:
             server.terminate()
             server.wait(10)
+            if gateway is not None:
+                gateway[0].terminate()
+                gateway[0].wait(10)
+
+
+def start_gateway(query_port: int) -> tuple[subprocess.Popen[bytes], int]:
+    """nginx with `chatlog up`'s config in front of the one query API process."""
+    from infra import gateway
+
+    port = free_port()
+    cfg = gateway.GatewayConfig(
+        port=port, command_ports=[query_port], query_ports=[query_port], max_body_bytes=1 << 20
+    )
+    directory = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    proc = subprocess.Popen(
+        gateway.prepare(cfg, directory), stdout=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{gateway.HEALTH_PATH}", timeout=2)
+            return proc, port
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the gateway did not start") from None
+            time.sleep(0.2)
 
 
 if __name__ == "__main__":

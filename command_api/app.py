@@ -14,7 +14,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -32,7 +31,7 @@ from command_api.readmodel import ReadModel
 from command_api.routes import branches, completions, conversations, health, responses, sessions
 from command_api.settings import CommandSettings
 from command_api.store import CommandStore
-from command_api.upstream import StreamSource
+from command_api.upstream import StreamSource, relay_client
 from command_api.validation import ROLES, ChatCompletionBody
 from infra.auth import KeyResolver
 from infra.clients import apply_read_model_ddl, check_idle_connection, ensure_topics, pg_connect
@@ -145,9 +144,7 @@ async def _running(settings: CommandSettings, metrics: Metrics) -> AsyncIterator
     # Bounded wait: the pool retries connecting until the timeout, then raises.
     await pool.open(wait=True, timeout=settings.startup_timeout_s)
     log_ = KafkaEventLog(settings)
-    http = httpx.AsyncClient(
-        base_url=settings.query_api_url, timeout=httpx.Timeout(10.0, read=120.0)
-    )
+    http = relay_client(settings.query_api_url)
     janitor: asyncio.Task[None] | None = None
     availability = Availability(settings, metrics.registry)
     keeper = DeadlineKeeper(

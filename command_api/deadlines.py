@@ -38,7 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 
 from command_api.settings import CommandSettings
 from infra.clients import aio_producer
-from schemas.codec import decode, encode
+from schemas.codec import decode_if, encode
 from schemas.errors import EventDecodeError
 from schemas.events import (
     CompletionFailed,
@@ -52,6 +52,13 @@ from schemas.events import (
 log = logging.getLogger(__name__)
 GRACE_S = 2.0
 FINAL_MEMORY = 200_000
+# The events the book reads. The keeper sees every TokenChunk of the system: `decode_if`
+# decodes those a third as dear as `decode` (~22 against ~66 µs here) and skips the rest
+# unread; under load this consumer was a quarter of the command API's event-loop time.
+BOOKED = frozenset(
+    c.event_type
+    for c in (PromptSubmitted, CompletionStarted, TokenChunk, CompletionFinished, CompletionFailed)
+)
 
 
 @dataclass
@@ -233,10 +240,11 @@ class DeadlineKeeper:
                 for tp, records in batch.items():
                     for rec in records:
                         try:
-                            event = decode(rec.value, rec.headers)
+                            event = decode_if(rec.value, rec.headers, BOOKED)
                         except EventDecodeError:
                             continue
-                        self.book.apply(event, tp.partition)
+                        if event is not None:
+                            self.book.apply(event, tp.partition)
                     if records and records[-1].offset + 1 >= self._behind.get(tp, 0):
                         self._behind.pop(tp, None)
                 for failed in self.book.due(time.time(), self._ready):

@@ -57,6 +57,23 @@ async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[SseEvent]:
             event_id = value
 
 
+RELAY_KEEPALIVE = 1024  # idle connections to the query API kept for the next relays
+
+
+def relay_client(query_api_url: str) -> httpx.AsyncClient:
+    """The client the relay reads the query API with.
+
+    One connection per relayed stream, held for the whole generation: httpx's default pool
+    (100 connections, 20 kept alive) queued the 101st concurrent stream until its pool
+    timeout and reconnected every stream past the 20th (a TCP set-up on both sides, per
+    prompt). The API's own admission bounds the streams, so the pool does not."""
+    return httpx.AsyncClient(
+        base_url=query_api_url,
+        timeout=httpx.Timeout(10.0, read=120.0),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=RELAY_KEEPALIVE),
+    )
+
+
 class StreamSource:
     """Reads one request's event stream from the query API."""
 

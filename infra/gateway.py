@@ -53,6 +53,9 @@ ERRORS: dict[int, tuple[str, str, str]] = {
     ),
 }
 RETRY_AFTER = {502: 1, 503: 1, 504: 1}
+# Where prepare() copies the certificate and key: inside the gateway's directory, so the
+# official image, which sees only that directory, serves the same TLS (relative paths).
+TLS_CERT, TLS_KEY = "tls/cert.pem", "tls/key.pem"
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,9 @@ class GatewayConfig:
     cors_origins: Sequence[str] = ()
     max_fails: int = 2
     fail_timeout_s: int = 5
+    # A plain-HTTP listener on loopback in front of the query instances, for the command
+    # API's stream relay: balanced like the front door's, whether or not that speaks TLS.
+    relay_port: int | None = None
 
     @property
     def tls(self) -> bool:
@@ -81,7 +87,11 @@ class GatewayConfig:
 
 
 def config_from(
-    settings: InfraSettings, port: int, command_ports: Sequence[int], query_ports: Sequence[int]
+    settings: InfraSettings,
+    port: int,
+    command_ports: Sequence[int],
+    query_ports: Sequence[int],
+    relay_port: int | None = None,
 ) -> GatewayConfig:
     """The gateway config for `settings`, given where the instances listen."""
     if (settings.tls_cert is None) != (settings.tls_key is None):
@@ -94,6 +104,7 @@ def config_from(
         tls_cert=Path(settings.tls_cert).absolute() if settings.tls_cert else None,
         tls_key=Path(settings.tls_key).absolute() if settings.tls_key else None,
         cors_origins=[o.strip().rstrip("/") for o in settings.cors_origins.split(",") if o.strip()],
+        relay_port=relay_port,
     )
 
 
@@ -112,9 +123,31 @@ def _listen(cfg: GatewayConfig) -> str:
         return f"        listen {cfg.host}:{cfg.port};"
     return (
         f"        listen {cfg.host}:{cfg.port} ssl;\n"
-        f"        ssl_certificate {cfg.tls_cert};\n"
-        f"        ssl_certificate_key {cfg.tls_key};\n"
+        f"        ssl_certificate {TLS_CERT};\n"
+        f"        ssl_certificate_key {TLS_KEY};\n"
         "        ssl_protocols TLSv1.2 TLSv1.3;"
+    )
+
+
+def _relay_server(cfg: GatewayConfig) -> str:
+    """The loopback listener the command API relays streams through (no TLS, no CORS, no
+    cookies: the relay sends the caller's bearer key); absent without a relay port."""
+    if cfg.relay_port is None:
+        return ""
+    return (
+        "    server {\n"
+        f"        listen 127.0.0.1:{cfg.relay_port};\n"
+        "        proxy_http_version 1.1;\n"
+        '        proxy_set_header Connection "";\n'
+        "        proxy_buffering off;\n"
+        "        proxy_connect_timeout 2s;\n"
+        "        proxy_read_timeout 1h;\n"
+        "        proxy_next_upstream error timeout http_502 http_504;\n"
+        "        proxy_next_upstream_tries 3;\n"
+        "        location /v1/ {\n"
+        "            proxy_pass http://query_api;\n"
+        "        }\n"
+        "    }"
     )
 
 
@@ -158,6 +191,7 @@ def render(cfg: GatewayConfig) -> str:
         "query_servers": _servers(cfg, cfg.query_ports),
         "listen": _listen(cfg),
         "error_locations": _error_locations(),
+        "relay_server": _relay_server(cfg),
         "cors_origins": "\n".join(
             f'        "{o}" $http_origin;' for o in cfg.cors_origins if _origin_ok(o)
         ),
@@ -179,11 +213,22 @@ def nginx_binary() -> str:
     return found
 
 
+def _copy_private(source: Path, target: Path) -> None:
+    """Copy `source` to `target` readable by the owner only (it may be a private key)."""
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    target.touch(mode=0o600)
+    target.write_bytes(source.read_bytes())
+
+
 def prepare(cfg: GatewayConfig, directory: Path) -> list[str]:
     """Write the config and temp dirs under `directory`, check it with `nginx -t`, and
     return the command line that runs it in the foreground."""
     for name in TEMP_DIRS:
         (directory / "tmp" / name).mkdir(parents=True, exist_ok=True)
+    if cfg.tls_cert is not None and cfg.tls_key is not None:
+        _copy_private(cfg.tls_cert, directory / TLS_CERT)
+        _copy_private(cfg.tls_key, directory / TLS_KEY)
     (directory / "nginx.conf").write_text(render(cfg))
     argv = [nginx_binary(), "-e", "stderr", "-p", f"{directory}/", "-c", "nginx.conf"]
     check = subprocess.run([*argv, "-t", "-q"], capture_output=True, text=True, check=False)

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from infra import gateway
-from infra.local.procs import ServiceError, port_open, read_pid, spawn, stop_pid, wait_until
+from infra.local.procs import (
+    ServiceError,
+    clear_stale,
+    port_open,
+    read_pid,
+    spawn,
+    stop_pid,
+    wait_until,
+)
 from infra.settings import InfraSettings
 
 DEFAULT_COMMAND_PORT = 8000
@@ -167,7 +175,22 @@ class System:
             self.gateway_port,
             self.instance_ports("command_api"),
             self.instance_ports("query_api"),
+            relay_port=self.relay_port,
         )
+
+    @property
+    def relay_port(self) -> int | None:
+        """The gateway's loopback port for the command API's stream relay, when there are
+        several query instances to balance: a free port, recorded on first use."""
+        if self.settings.query_instances <= 1:
+            return None
+        path = self._relay_portfile
+        try:
+            return int(path.read_text())
+        except (FileNotFoundError, ValueError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(str(port := free_port()))
+            return port
 
     @property
     def base_url(self) -> str:
@@ -175,13 +198,16 @@ class System:
         return self.gateway_config().base_url
 
     @property
+    def _relay_portfile(self) -> Path:
+        return self.run_dir / "run" / "gateway-relay.port"
+
+    @property
     def relay_url(self) -> str:
-        """Where the command API reads the streams it relays: through the gateway when there
-        are several query instances (so it survives one dying), unless the gateway speaks
-        TLS with a certificate the command API need not trust; else the first instance."""
-        if self.settings.query_instances > 1 and self.settings.tls_cert is None:
-            return f"http://127.0.0.1:{self.gateway_port}"
-        return self.query_url
+        """Where the command API reads the streams it relays: the gateway's loopback relay
+        listener when there are several query instances (balanced, so it survives one
+        dying; plain HTTP even when the front door speaks TLS), else the one instance."""
+        port = self.relay_port
+        return self.query_url if port is None else f"http://127.0.0.1:{port}"
 
     @property
     def gateway_dir(self) -> Path:
@@ -261,6 +287,7 @@ class System:
     def start(self, c: Component, *, wait: bool = True) -> None:
         if self.running(c):
             return
+        clear_stale(self.pidfile(c))  # a crashed earlier run's leftovers hold its port
         if c.port_env and self.port(c) is None:
             self.portfile(c).parent.mkdir(parents=True, exist_ok=True)
             self.portfile(c).write_text(str(free_port()))
@@ -304,7 +331,9 @@ class System:
         return stopped
 
     def stop_all(self) -> list[str]:
-        return [c.name for c in reversed(self.services()) if self.stop(c)]
+        stopped = [c.name for c in reversed(self.services()) if self.stop(c)]
+        self._relay_portfile.unlink(missing_ok=True)  # the next `up` picks a free one again
+        return stopped
 
 
 def free_port() -> int:

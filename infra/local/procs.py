@@ -31,25 +31,51 @@ def spawn(
             start_new_session=True,
             env={**os.environ, **(env or {})},
         )
-    pidfile.write_text(str(proc.pid))
+    started = start_time(proc.pid)
+    pidfile.write_text(f"{proc.pid} {started}" if started is not None else str(proc.pid))
     return proc.pid
 
 
 def read_pid(pidfile: Path) -> int | None:
-    """The live pid recorded in `pidfile`, or None."""
-    try:
-        pid = int(pidfile.read_text().strip())
-    except (FileNotFoundError, ValueError):
+    """The live pid recorded in `pidfile`, or None.
+
+    The file holds the pid and the process's start time: after a crash or a reboot the
+    pid may belong to an unrelated process by now, which must neither count as the
+    service running nor be signalled. (A file with a pid alone is taken at its word.)"""
+    pid, started = _recorded(pidfile)
+    if pid is None or not _alive(pid):
         return None
+    if started is not None and start_time(pid) not in (started, None):
+        return None  # the pid was reused
+    return pid
+
+
+def _recorded(pidfile: Path) -> tuple[int | None, int | None]:
+    try:
+        fields = [int(f) for f in pidfile.read_text().split()]
+    except (FileNotFoundError, ValueError):
+        return None, None
+    if not fields:
+        return None, None
+    return fields[0], (fields[1] if len(fields) > 1 else None)
+
+
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return None
+        return False
     except PermissionError:
-        return pid
-    if _is_zombie(pid):
+        return True
+    return not _is_zombie(pid)
+
+
+def start_time(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (/proc/PID/stat field 22)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
         return None
-    return pid
 
 
 def _is_zombie(pid: int) -> bool:
@@ -59,12 +85,45 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
+def clear_stale(pidfile: Path) -> bool:
+    """After a crash: remove a pid file whose process is gone, and SIGKILL what is left of
+    its session. spawn() makes each service a session leader, and some children leave its
+    process group but not its session (Ray's controller and HTTP proxy: they outlive a
+    SIGKILLed `inference` for seconds, holding its port). True if leftovers were killed."""
+    pid, _ = _recorded(pidfile)
+    if pid is None or read_pid(pidfile) is not None:
+        return False
+    # Linux allocates no pid still in use as a session id, so leftovers with this session
+    # exist only while the pid is free; a reused pid's own session is someone else's.
+    orphans = [] if _alive(pid) else session_members(pid)
+    for orphan in orphans:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while orphans and session_members(pid) and time.monotonic() < deadline:  # ports freed
+        time.sleep(0.05)
+    pidfile.unlink(missing_ok=True)
+    return bool(orphans)
+
+
+def session_members(sid: int) -> list[int]:
+    """The live processes of session `sid` (from /proc)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[3]) == sid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
 def stop_pid(pidfile: Path, *, timeout_s: float = 30.0) -> bool:
     """SIGTERM the process group, SIGKILL after `timeout_s`. True if something was stopped."""
     pid = read_pid(pidfile)
     if pid is None:
-        pidfile.unlink(missing_ok=True)
-        return False
+        return clear_stale(pidfile)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
@@ -95,13 +154,17 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def wait_until(
     check: Callable[[], bool], *, timeout_s: float, what: str, hint: str, interval_s: float = 0.25
 ) -> None:
-    """Poll `check` until true; after `timeout_s` raise ServiceError naming `what` and `hint`."""
+    """Poll `check` until true; after `timeout_s` raise ServiceError naming `what` and `hint`.
+
+    A ServiceError from `check` (e.g. "the process exited") is final and raised at once."""
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
             if check():
                 return
+        except ServiceError:
+            raise
         except Exception as exc:  # a not-yet-ready service raises all sorts
             last = exc
         time.sleep(interval_s)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import json
 import os
 import re
 import signal
@@ -77,6 +78,16 @@ def prompt(content: str) -> dict[str, Any]:
 
 def echo(text: str) -> str:
     return " ".join([f"Echo: {text}"] * 3)
+
+
+def streamed_content(body: str) -> str:
+    """The content an OpenAI SSE body (`chat.completion.chunk`s) carries, joined."""
+    chunks = [
+        json.loads(line.removeprefix("data: "))
+        for line in body.splitlines()
+        if line.startswith("data: {")
+    ]
+    return "".join((c["choices"] or [{}])[0].get("delta", {}).get("content") or "" for c in chunks)
 
 
 def assert_error_shape(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -347,6 +358,28 @@ def test_tls_when_a_certificate_and_key_are_set(system: System, key: str, tmp_pa
         # Plain HTTP to the TLS port: a JSON 400, not nginx's page.
         plain_http = system.base_url.replace("https://", "http://")
         assert_error_shape(httpx.get(f"{plain_http}/models", headers=headers), 400, "tls_required")
+
+
+def test_under_tls_stream_true_is_relayed_through_the_balanced_upstream(
+    system: System, key: str, tmp_path: Path
+) -> None:
+    cert, private = self_signed(tmp_path)
+    first = system.service("query_api")
+    with gateway_with(system, tls_cert=cert, tls_key=private):
+        system.stop(first)  # the relay must not be tied to the first query instance
+        try:
+            headers = {"Authorization": f"Bearer {key}"}
+            with httpx.Client(verify=str(cert), headers=headers, timeout=60) as tls:
+                for i in range(2):  # the gateway balances: each command instance relays one
+                    streamed = tls.post(
+                        f"{system.base_url}/chat/completions",
+                        json={**prompt(f"tls relay {i}"), "stream": True},
+                    )
+                    assert streamed.status_code == 200, streamed.text
+                    assert streamed.text.rstrip().endswith("data: [DONE]")
+                    assert streamed_content(streamed.text) == echo(f"tls relay {i}")
+        finally:
+            system.start(first)
 
 
 def test_a_dead_query_instance_is_routed_around_then_none_is_a_json_502(

@@ -54,3 +54,40 @@ def test_down_and_status_see_the_instances_an_earlier_up_started(tmp_path: Path)
     assert names[-4:] == ["command_api", "command_api-2", "command_api-3", "gateway"]
     scaled = System(InfraSettings(query_instances=2), run_dir=tmp_path / "other")
     assert "query_api-2" in [c.name for c in scaled.services()]
+
+
+def test_under_tls_the_stream_relay_goes_through_the_balanced_upstream(tmp_path: Path) -> None:
+    settings = InfraSettings(
+        query_instances=2, tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "k.pem"
+    )
+    system = System(settings, query_port=18001, gateway_port=18080, run_dir=tmp_path)
+    relay = system.relay_port
+    assert relay is not None and system.relay_url == f"http://127.0.0.1:{relay}"
+    assert system.relay_url != system.query_url
+    # The loopback listener it names balances the query instances, in plain HTTP.
+    cfg = config(query_ports=[18001, 18003], relay_port=relay)
+    server = gateway.render(cfg).split(f"listen 127.0.0.1:{relay};", 1)[1]
+    assert "proxy_pass http://query_api;" in server and "ssl" not in server.split("}")[0]
+    # One instance: the relay reads it directly (one hop fewer), and nothing is rendered.
+    single = System(InfraSettings(), query_port=18001, run_dir=tmp_path / "one")
+    assert single.relay_url == "http://127.0.0.1:18001" and single.relay_port is None
+
+
+def test_the_tls_config_runs_from_a_copy_of_its_directory(tmp_path: Path) -> None:
+    """The official image sees only the mounted gateway directory: certificate and key
+    must be in it, named relatively, like every other path."""
+    from tests.e2e.test_front_door import self_signed
+
+    (tmp_path / "certs").mkdir()
+    cert, key = self_signed(tmp_path / "certs")
+    rendered = tmp_path / "rendered"
+    gateway.prepare(config(tls_cert=cert, tls_key=key, relay_port=18090), rendered)
+    assert ((rendered / gateway.TLS_KEY).stat().st_mode & 0o777) == 0o600
+    mounted = tmp_path / "mounted"
+    rendered.rename(mounted)
+    (tmp_path / "certs").rename(tmp_path / "gone")  # only the mount's copy is left
+    text = (mounted / "nginx.conf").read_text()
+    assert str(tmp_path) not in text
+    argv = [gateway.nginx_binary(), "-e", "stderr", "-p", f"{mounted}/", "-c", "nginx.conf"]
+    check = subprocess.run([*argv, "-t"], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stderr
