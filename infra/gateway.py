@@ -23,6 +23,8 @@ from infra.settings import InfraSettings
 
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 HEALTH_PATH = "/gateway/healthz"
+# The chat page, built by `scripts/setup` (npm ci + build in web/); served at `/`.
+WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 
 # status -> (type, code, message) of the errors nginx answers itself.
 ERRORS: dict[int, tuple[str, str, str]] = {
@@ -179,12 +181,24 @@ def nginx_binary() -> str:
     return found
 
 
+def publish_page(target: Path, source: Path = WEB_DIST) -> None:
+    """Copy the built page into the gateway's directory, so the rendered config names it by
+    a relative path (`root web`) that holds in the official image too. Without a build
+    (no `scripts/setup` yet) `/` answers the JSON 404 and the API is unaffected."""
+    shutil.rmtree(target, ignore_errors=True)
+    if (source / "index.html").is_file():
+        shutil.copytree(source, target)
+
+
 def prepare(cfg: GatewayConfig, directory: Path) -> list[str]:
     """Write the config and temp dirs under `directory`, check it with `nginx -t`, and
     return the command line that runs it in the foreground."""
     for name in TEMP_DIRS:
         (directory / "tmp" / name).mkdir(parents=True, exist_ok=True)
     (directory / "nginx.conf").write_text(render(cfg))
+    static = resources.files("infra").joinpath("templates/static.conf").read_text()
+    (directory / "static.conf").write_text(static)
+    publish_page(directory / "web")
     argv = [nginx_binary(), "-e", "stderr", "-p", f"{directory}/", "-c", "nginx.conf"]
     check = subprocess.run([*argv, "-t", "-q"], capture_output=True, text=True, check=False)
     if check.returncode != 0:
