@@ -10,6 +10,7 @@ to `<dir>` (`nginx -p <dir>`), so the same rendered file serves the official ima
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -151,10 +152,18 @@ def _origin_ok(origin: str) -> bool:
     return True
 
 
+def _user() -> str:
+    """Started as root, nginx runs its workers as `nobody`, who cannot read the page under a
+    data directory below a 0700 one (root's home, pytest's temp dirs): the workers stay the
+    user that started it. Unprivileged, nginx cannot switch users and needs no line."""
+    return "user root;" if os.geteuid() == 0 else ""
+
+
 def render(cfg: GatewayConfig) -> str:
     """The nginx.conf text for `cfg`."""
     template = resources.files("infra").joinpath("templates/nginx.conf").read_text()
     values = {
+        "user": _user(),
         "max_body_bytes": str(cfg.max_body_bytes),
         "command_servers": _servers(cfg, cfg.command_ports),
         "query_servers": _servers(cfg, cfg.query_ports),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from playwright.sync_api import Locator, Page, expect
@@ -69,3 +70,9 @@ class ChatPage:
         if self.readme is not None:
             self.readme.mkdir(parents=True, exist_ok=True)
             self.page.screenshot(path=str(self.readme / f"{name}.png"))
+
+
+def readme_shots() -> Path | None:
+    """Where the README's screenshots go when this run should (re)write them."""
+    where = os.environ.get("CHATLOG_SCREENSHOTS")
+    return Path(where) if where else None

@@ -25,13 +25,13 @@ from infra.auth import apply_auth_ddl, create_key
 from infra.clients import pg_connect
 from infra.settings import InfraSettings
 from infra.system import System
-from tests.browser.chat import ChatPage
+from tests.browser.chat import ChatPage, readme_shots
 from tests.e2e.conftest import running_system
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Slow enough that a long prompt's answer is still being written when a test acts on it;
 # fast enough that a short one ends within a second.
-TOKEN_RATE = "150"
+TOKEN_RATE = "100"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -106,8 +106,3 @@ def chat(
     yield cp
     page.screenshot(path=str(shots / f"{request.node.name}.png"))
     context.close()
-
-
-def readme_shots() -> Path | None:
-    where = os.environ.get("CHATLOG_SCREENSHOTS")
-    return Path(where) if where else None

@@ -14,8 +14,10 @@ from infra.local.procs import read_pid
 from infra.system import System, component
 from tests.browser.chat import ChatPage
 
-# A long prompt: its answer (the prompt echoed three times) takes seconds to write.
+# A long prompt: its answer (the prompt echoed, cut at the default 512 tokens, one byte
+# each) takes seconds to write.
 LONG = " ".join(f"word{i}" for i in range(150))
+MAX_TOKENS = 512
 
 
 def stored(api: httpx.Client, cid: str, rid: str) -> dict[str, object]:
@@ -26,7 +28,8 @@ def stored(api: httpx.Client, cid: str, rid: str) -> dict[str, object]:
 
 
 def expected(prompt: str) -> str:
-    return " ".join([f"Echo: {prompt}"] * 3)
+    """The scripted engine's answer to `prompt`."""
+    return " ".join([f"Echo: {prompt}"] * 3)[:MAX_TOKENS]
 
 
 def test_page_is_served_by_the_gateway(origin: str) -> None:

@@ -3,6 +3,7 @@
 // region, so a screen reader hears it as it is written.
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { renderMarkdown } from "./markdown.js";
+import { Icon } from "./icons.jsx";
 
 function Markdown({ text }) {
   const html = useMemo(() => renderMarkdown(text), [text]);
@@ -15,9 +16,9 @@ function Switcher({ msg, onSwitch }) {
   const ids = msg.sibling_request_ids;
   return (
     <span class="switcher" role="group" aria-label="Versions">
-      <button type="button" class="icon prev" aria-label="Previous version" disabled={i <= 0} onClick={() => onSwitch(ids[i - 1])}>‹</button>
+      <button type="button" class="icon prev" aria-label="Previous version" disabled={i <= 0} onClick={() => onSwitch(ids[i - 1])}><Icon name="prev" /></button>
       <span class="pos">{i + 1} / {msg.sibling_count}</span>
-      <button type="button" class="icon next" aria-label="Next version" disabled={i >= ids.length - 1} onClick={() => onSwitch(ids[i + 1])}>›</button>
+      <button type="button" class="icon next" aria-label="Next version" disabled={i >= ids.length - 1} onClick={() => onSwitch(ids[i + 1])}><Icon name="next" /></button>
     </span>
   );
 }
@@ -45,7 +46,7 @@ function UserMessage({ msg, busy, onEdit, onSwitch }) {
         <Switcher msg={msg} onSwitch={onSwitch} />
         {!msg.local && msg.request_id && (
           <button type="button" class="icon edit" aria-label="Edit message" title="Edit" disabled={busy}
-            onClick={() => { setText(msg.content); setEditing(true); }}>✎</button>
+            onClick={() => { setText(msg.content); setEditing(true); }}><Icon name="edit" /></button>
         )}
       </div>
     </article>
@@ -74,7 +75,7 @@ function AssistantMessage({ msg, live, busy, onRegenerate, onSwitch }) {
         <div class="tools">
           <Switcher msg={msg} onSwitch={onSwitch} />
           <button type="button" class="icon regenerate" aria-label="Regenerate answer" title="Regenerate" disabled={busy}
-            onClick={() => onRegenerate(msg.request_id)}>↻</button>
+            onClick={() => onRegenerate(msg.request_id)}><Icon name="regenerate" /></button>
         </div>
       )}
     </article>
@@ -132,7 +133,7 @@ export function Conversation(props) {
   return (
     <main class="chat">
       <header>
-        <button type="button" class="icon menu" aria-label="Show conversations" onClick={onMenu}>☰</button>
+        <button type="button" class="icon menu" aria-label="Show conversations" onClick={onMenu}><Icon name="menu" /></button>
         <h1>{title || "New chat"}</h1>
         <label class="model">
           <span class="sr-only">Model</span>
@@ -144,7 +145,7 @@ export function Conversation(props) {
       {notice && (
         <div class="notice" role="alert">
           <span>{notice}</span>
-          <button type="button" class="icon" aria-label="Dismiss" onClick={onDismiss}>×</button>
+          <button type="button" class="icon" aria-label="Dismiss" onClick={onDismiss}><Icon name="close" /></button>
         </div>
       )}
       <section class="messages" aria-label="Messages" onClick={copyCode}>

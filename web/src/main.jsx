@@ -212,8 +212,10 @@ function App() {
 
   const accepted = (acc, cid, userText) => {
     if (userText !== undefined && !convs.data.some((c) => c.id === acc.conversation_id)) {
-      const title = userText.split(/\s+/).join(" ").slice(0, 60);
+      // a new chat is titled by its first message, as people expect from a chat service
+      const title = userText.split(/\s+/).join(" ").trim().slice(0, 60);
       setConvs((old) => ({ ...old, data: [{ id: acc.conversation_id, title, pending: true }, ...old.data] }));
+      API.rename(acc.conversation_id, title).catch(() => {});
     }
     if (currentRef.current !== acc.conversation_id) {
       created.current = acc.conversation_id;

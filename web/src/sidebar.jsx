@@ -3,6 +3,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import * as API from "./api.js";
 import { renderSnippet } from "./markdown.js";
+import { Icon } from "./icons.jsx";
 
 function Item({ conv, current, onOpen, onRename, onAskDelete }) {
   const [editing, setEditing] = useState(false);
@@ -28,9 +29,9 @@ function Item({ conv, current, onOpen, onRename, onAskDelete }) {
         {conv.title || "New chat"}
       </button>
       <button type="button" class="icon rename" aria-label={`Rename ${conv.title || "chat"}`} title="Rename"
-        onClick={() => { setTitle(conv.title || ""); setEditing(true); }}>✎</button>
+        onClick={() => { setTitle(conv.title || ""); setEditing(true); }}><Icon name="edit" /></button>
       <button type="button" class="icon delete" aria-label={`Delete ${conv.title || "chat"}`} title="Delete"
-        onClick={() => onAskDelete(conv)}>🗑</button>
+        onClick={() => onAskDelete(conv)}><Icon name="trash" /></button>
     </li>
   );
 }
