@@ -1,7 +1,7 @@
 """The chat page in a real browser: Debian's chromium driven by Playwright, on the whole
 system (the e2e `running_system`: four services and the gateway, scripted engine).
 
-One system and one browser per module; each test gets a fresh browser context (its own
+One system for the package, one browser per module; each test gets a fresh browser context (its own
 cookies), so a test signs in as a user would. The scripted engine echoes the prompt
 (`Echo: <prompt>` three times), so a long prompt makes an answer long enough to act on
 while it is written: tests wait for a visible state (N characters shown), then act.
@@ -23,6 +23,7 @@ from playwright.sync_api import Browser, Playwright, sync_playwright
 from infra import gateway
 from infra.auth import apply_auth_ddl, create_key
 from infra.clients import pg_connect
+from infra.harness import Services, isolated_settings
 from infra.settings import InfraSettings
 from infra.system import System
 from tests.browser.chat import ChatPage, readme_shots
@@ -45,28 +46,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(skip)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
+def browser_settings(services: Services) -> Iterator[InfraSettings]:
+    """One private topic prefix / database / index for the whole package: its modules
+    share one system, which is most of their time (the CI budget is 3 minutes)."""
+    with isolated_settings(services, "tests.browser") as settings:
+        yield settings
+
+
+@pytest.fixture(scope="package")
 def system(
-    infra_settings: InfraSettings, tmp_path_factory: pytest.TempPathFactory
+    browser_settings: InfraSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[System]:
     env = {"CHATLOG_SCRIPTED_TOKEN_RATE": TOKEN_RATE}
-    with running_system(infra_settings, tmp_path_factory.mktemp("system"), env) as sys_:
+    with running_system(browser_settings, tmp_path_factory.mktemp("system"), env) as sys_:
         yield sys_
 
 
-@pytest.fixture(scope="module")
-def keys(infra_settings: InfraSettings) -> dict[str, str]:
-    with pg_connect(infra_settings) as conn:
+@pytest.fixture(scope="package")
+def keys(browser_settings: InfraSettings) -> dict[str, str]:
+    with pg_connect(browser_settings) as conn:
         apply_auth_ddl(conn)
         return {user: create_key(conn, user) for user in ("alice", "bob")}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def origin(system: System) -> str:
     return system.base_url.removesuffix("/v1")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def api(origin: str, keys: dict[str, str]) -> Iterator[httpx.Client]:
     """Alice's API client through the gateway: what the page shows is checked against it."""
     with httpx.Client(
