@@ -11,7 +11,13 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Browser, expect
 
+from infra.auth import create_key
+from infra.clients import pg_connect
+from infra.settings import InfraSettings
 from tests.browser.chat import ChatPage, readme_shots
+from tests.e2e.conftest import SCRIPTED_MODEL
+
+PAGE = 30  # conversations per page the page asks for
 
 
 def until(check, what: str, timeout_s: float = 30) -> None:  # type: ignore[no-untyped-def]
@@ -49,6 +55,28 @@ def test_search_finds_and_opens_a_conversation(chat: ChatPage, keys: dict[str, s
         "a zebra crossing <b>bold</b> here"
     )
     assert chat.conversation_id() == cid
+
+
+def test_sidebar_loads_more_as_it_scrolls(
+    chat: ChatPage, browser_settings: InfraSettings, origin: str
+) -> None:
+    with pg_connect(browser_settings) as conn:
+        key = create_key(conn, "carol")
+    headers = {"Authorization": f"Bearer {key}", "Prefer": "respond-async"}
+    with httpx.Client(base_url=origin, headers=headers, timeout=30) as carol:
+        for i in range(PAGE + 5):
+            body = {"model": SCRIPTED_MODEL, "messages": [{"role": "user", "content": f"n{i}"}]}
+            assert carol.post("/v1/chat/completions", json=body).status_code == 202
+        until(
+            lambda: len(carol.get("/v1/conversations?limit=100").json()["data"]) == PAGE + 5,
+            "every conversation projected",
+        )
+    chat.sign_in(key)
+    items = chat.page.locator("nav .conv")
+    expect(items).to_have_count(PAGE)  # the first page of the cursor API
+    items.last.scroll_into_view_if_needed()
+    chat.page.locator("nav .more").scroll_into_view_if_needed()
+    expect(items).to_have_count(PAGE + 5)
 
 
 def test_rename_and_delete_with_confirmation(
@@ -141,7 +169,7 @@ def test_keyboard_and_screen_reader_use(chat: ChatPage, keys: dict[str, str]) ->
     expect(chat.page.get_by_role("navigation", name="Conversations")).to_be_visible()
     box = chat.page.get_by_label("Message", exact=True)
     box.focus()
-    box.type(" ".join(f"w{i}" for i in range(120)))
+    box.fill(" ".join(f"w{i}" for i in range(120)))
     box.press("Enter")
     writing = chat.page.locator("article.msg.assistant.writing")
     expect(writing).to_have_attribute("aria-live", "polite")
