@@ -1,7 +1,7 @@
 """The chat page's speed, measured in the browser (Debian's chromium via Playwright) on the
 whole system with the scripted engine, through the gateway:
 
-    CHATLOG_TEST_KEEP=1 .venv/bin/python bench/page.py [--loads 7] [--tokens 2000] [--rate 400]
+    CHATLOG_TEST_KEEP=1 .venv/bin/python -m bench.page [--loads 7] [--tokens 2000] [--rate 400]
 
 1. Page weight: the compressed bytes of everything the page loads (`encodedBodySize` of
    the navigation and its resources, gzip as the gateway sends it).

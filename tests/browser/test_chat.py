@@ -40,6 +40,12 @@ def test_page_is_served_by_the_gateway(origin: str) -> None:
     js = httpx.get(f"{origin}/app.js", headers={"Accept-Encoding": "gzip"})
     assert js.status_code == 200 and js.headers["content-encoding"] == "gzip"
     assert js.headers["content-type"].startswith("application/javascript")
+    # the whole page, compressed as it travels, within the 150 KB
+    wire = [
+        httpx.get(f"{origin}/{f}", headers={"Accept-Encoding": "gzip"}).num_bytes_downloaded
+        for f in ("", "app.js", "style.css", "favicon.svg")
+    ]
+    assert sum(wire) < 150_000
     # anything else is still the API's JSON 404
     missing = httpx.get(f"{origin}/nope.js")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
