@@ -31,6 +31,8 @@ from infra.clients import pg_connect
 from infra.harness import isolated_settings, provide_services
 from tests.e2e.conftest import running_system
 
+# Markdown, so the answer exercises the renderer: a heading, a list, code, emphasis.
+PROMPT = "## Notes\n- *one* and **two**\n- `code` too\n\n```py\nprint('hi')\n```\nThe end."
 LONG_TASKS = """
 window.__longTasks = [];
 new PerformanceObserver((list) => {
@@ -95,8 +97,9 @@ def run(origin: str, key: str, loads: int, tokens: int) -> dict[str, Any]:
         page.get_by_label("API key").fill(key)
         page.get_by_role("button", name="Sign in").click()
         page.locator("nav").wait_for()
-        # the scripted engine echoes the prompt: a long one makes a `tokens`-token answer
-        prompt = " ".join(f"w{i}" for i in range(tokens // 3))
+        # the scripted engine echoes the prompt `repeat` times (cut at max_tokens): a short
+        # prompt leaves the context (4,096 bytes) room for the whole answer
+        prompt = PROMPT
         box = page.get_by_label("Message", exact=True)
         box.fill(prompt)
         start = float(page.evaluate("performance.now()"))
@@ -110,6 +113,9 @@ def run(origin: str, key: str, loads: int, tokens: int) -> dict[str, Any]:
             "seconds": round((end - start) / 1000, 2),
             "long_tasks_over_50ms": len(tasks),
             "longest_task_ms": max((t["ms"] for t in tasks), default=0),
+            "long_tasks_at_s": [
+                [round((t["start"] - start) / 1000, 2), round(t["ms"])] for t in tasks
+            ],
         }
         browser.close()
     return out
@@ -123,7 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     env = {
         "CHATLOG_SCRIPTED_TOKEN_RATE": str(args.rate),
-        "CHATLOG_SCRIPTED_REPLY_REPEAT": "3",
+        "CHATLOG_SCRIPTED_REPLY_REPEAT": str(args.tokens // len(f"Echo: {PROMPT} ") + 1),
         "CHATLOG_DEFAULT_MAX_TOKENS": str(args.tokens),
     }
     with (

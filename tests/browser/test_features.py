@@ -79,6 +79,24 @@ def test_sidebar_loads_more_as_it_scrolls(
     expect(items).to_have_count(PAGE + 5)
 
 
+def test_a_rate_limit_is_said_in_plain_words(
+    chat: ChatPage, browser_settings: InfraSettings, origin: str
+) -> None:
+    with pg_connect(browser_settings) as conn:
+        key = create_key(conn, "dave")
+    headers = {"Authorization": f"Bearer {key}", "Prefer": "respond-async"}
+    body = {"model": SCRIPTED_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=origin, headers=headers, timeout=30) as dave:
+        codes = [dave.post("/v1/chat/completions", json=body).status_code for _ in range(61)]
+    assert codes[-1] == 429  # the per-minute limit (60) says no
+    chat.sign_in(key)
+    chat.send("one more")
+    expect(chat.page.get_by_role("alert")).to_contain_text(
+        re.compile(r"Too many requests: please wait and try again in \d+ seconds?\.")
+    )
+    expect(chat.page.get_by_label("Message", exact=True)).to_have_value("one more")  # kept
+
+
 def test_rename_and_delete_with_confirmation(
     chat: ChatPage, keys: dict[str, str], api: httpx.Client
 ) -> None:
