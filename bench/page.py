@@ -31,8 +31,8 @@ from infra.clients import pg_connect
 from infra.harness import isolated_settings, provide_services
 from tests.e2e.conftest import running_system
 
-# Markdown, so the answer exercises the renderer: a heading, a list, code, emphasis.
-PROMPT = "## Notes\n- *one* and **two**\n- `code` too\n\n```py\nprint('hi')\n```\nThe end."
+# Markdown, so the answer exercises the renderer (one line: the engine echoes the last).
+PROMPT = "Some *emphasis*, **strong** words, `inline code` and a [link](https://example.com)."
 LONG_TASKS = """
 window.__longTasks = [];
 new PerformanceObserver((list) => {
@@ -108,8 +108,16 @@ def run(origin: str, key: str, loads: int, tokens: int) -> dict[str, Any]:
         end = float(page.evaluate("performance.now()"))
         tasks = [t for t in page.evaluate("window.__longTasks") if t["start"] >= start]
         shown = page.locator("article.msg.assistant .md").last.inner_text()
+        stored = page.evaluate(
+            """async () => {
+              const cid = new URLSearchParams(location.hash.slice(1)).get('c');
+              const r = await fetch(`/v1/conversations/${cid}/messages`);
+              return (await r.json()).data.find(m => m.role === 'assistant').tokens;
+            }"""
+        )
         out["stream"] = {
-            "answer_chars": len(shown),
+            "answer_tokens": stored,
+            "answer_chars_shown": len(shown),
             "seconds": round((end - start) / 1000, 2),
             "long_tasks_over_50ms": len(tasks),
             "longest_task_ms": max((t["ms"] for t in tasks), default=0),
