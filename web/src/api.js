@@ -13,6 +13,9 @@ export class ApiError extends Error {
 /** What a person should read for a failed call. */
 export function plainWords(err) {
   if (!(err instanceof ApiError)) return "The server cannot be reached. Check the connection and try again.";
+  if (err.status === 429 && err.code === "too_many_concurrent_generations") {
+    return "Too many answers are being written at once: wait for one to finish, then try again.";
+  }
   if (err.status === 429) {
     const s = err.retryAfter ? ` in ${err.retryAfter} second${err.retryAfter === "1" ? "" : "s"}` : " shortly";
     return `Too many requests: please wait and try again${s}.`;
