@@ -88,8 +88,7 @@ def test_sidebar_loads_more_as_it_scrolls(
     chat.sign_in(key)
     items = chat.page.locator("nav .conv")
     expect(items).to_have_count(PAGE)  # the first page of the cursor API
-    items.last.scroll_into_view_if_needed()
-    chat.page.locator("nav .more").scroll_into_view_if_needed()
+    items.last.scroll_into_view_if_needed()  # the list's end comes into view: the next page
     expect(items).to_have_count(PAGE + 5)
 
 
@@ -165,11 +164,12 @@ def test_regenerate_edit_and_switch_branches(chat: ChatPage, keys: dict[str, str
     versions.get_by_role("button", name="Next version").click()
     expect(chat.last_answer).to_have_attribute("data-request-id", second)
 
+    before = chat.request_id()
     user = chat.page.locator("article.msg.user").last
     user.get_by_role("button", name="Edit message").click()
     chat.page.get_by_label("Edit message").fill("branch me, edited")
     chat.page.get_by_role("button", name="Save & send").click()
-    expect(chat.last_answer).not_to_have_attribute("data-request-id", first)
+    expect(chat.last_answer).not_to_have_attribute("data-request-id", before)
     answer = chat.wait_finished()
     assert chat.answer_text(answer) == " ".join(["Echo: branch me, edited"] * 3)
     user = chat.page.locator("article.msg.user").last

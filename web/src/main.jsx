@@ -225,12 +225,19 @@ function App() {
     follow(acc.id, acc.conversation_id, {});
   };
 
+  /** The picked model; before /v1/models has answered, its first. */
+  const pickedModel = async () => {
+    if (model) return model;
+    const ids = (await API.models()).data.map((x) => x.id);
+    return ids[0] || "";
+  };
+
   const onSend = async (text) => {
     setNotice(null);
     const cid = current;
     setMessages((m) => [...m, { id: `local-${Date.now()}`, role: "user", content: text, local: true }]);
     try {
-      const acc = await API.send(model, text, cid);
+      const acc = await API.send(await pickedModel(), text, cid);
       accepted(acc, cid, text);
       return true;
     } catch (err) {
