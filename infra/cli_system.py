@@ -53,6 +53,7 @@ def cmd_up(_: argparse.Namespace) -> int:
     print(
         f"""
 chatlog is up ({time.monotonic() - started:.0f}s).
+  chat page:            {base.removesuffix("/v1")}/  (sign in with the key below)
   base URL:             {base}
   API key for user '{DEMO_USER}': {key}
   logs: chatlog logs <component>   stop: chatlog down   health: chatlog status

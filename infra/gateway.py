@@ -10,6 +10,7 @@ to `<dir>` (`nginx -p <dir>`), so the same rendered file serves the official ima
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -23,6 +24,8 @@ from infra.settings import InfraSettings
 
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 HEALTH_PATH = "/gateway/healthz"
+# The chat page, built by `scripts/setup` (npm ci + build in web/); served at `/`.
+WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 
 # status -> (type, code, message) of the errors nginx answers itself.
 ERRORS: dict[int, tuple[str, str, str]] = {
@@ -182,10 +185,18 @@ def _origin_ok(origin: str) -> bool:
     return True
 
 
+def _user() -> str:
+    """Started as root, nginx runs its workers as `nobody`, who cannot read the page under a
+    data directory below a 0700 one (root's home, pytest's temp dirs): the workers stay the
+    user that started it. Unprivileged, nginx cannot switch users and needs no line."""
+    return "user root;" if os.geteuid() == 0 else ""
+
+
 def render(cfg: GatewayConfig) -> str:
     """The nginx.conf text for `cfg`."""
     template = resources.files("infra").joinpath("templates/nginx.conf").read_text()
     values = {
+        "user": _user(),
         "max_body_bytes": str(cfg.max_body_bytes),
         "command_servers": _servers(cfg, cfg.command_ports),
         "query_servers": _servers(cfg, cfg.query_ports),
@@ -221,6 +232,15 @@ def _copy_private(source: Path, target: Path) -> None:
     target.write_bytes(source.read_bytes())
 
 
+def publish_page(target: Path, source: Path = WEB_DIST) -> None:
+    """Copy the built page into the gateway's directory, so the rendered config names it by
+    a relative path (`root web`) that holds in the official image too. Without a build
+    (no `scripts/setup` yet) `/` answers the JSON 404 and the API is unaffected."""
+    shutil.rmtree(target, ignore_errors=True)
+    if (source / "index.html").is_file():
+        shutil.copytree(source, target)
+
+
 def prepare(cfg: GatewayConfig, directory: Path) -> list[str]:
     """Write the config and temp dirs under `directory`, check it with `nginx -t`, and
     return the command line that runs it in the foreground."""
@@ -230,6 +250,9 @@ def prepare(cfg: GatewayConfig, directory: Path) -> list[str]:
         _copy_private(cfg.tls_cert, directory / TLS_CERT)
         _copy_private(cfg.tls_key, directory / TLS_KEY)
     (directory / "nginx.conf").write_text(render(cfg))
+    static = resources.files("infra").joinpath("templates/static.conf").read_text()
+    (directory / "static.conf").write_text(static)
+    publish_page(directory / "web")
     argv = [nginx_binary(), "-e", "stderr", "-p", f"{directory}/", "-c", "nginx.conf"]
     check = subprocess.run([*argv, "-t", "-q"], capture_output=True, text=True, check=False)
     if check.returncode != 0:
