@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def producer_config(settings: InfraSettings, **overrides: Any) -> dict[str, Any]:
     """confluent-kafka producer config: idempotent, acks=all, short linger."""
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **settings.confluent_kafka_config(),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": PRODUCER_LINGER_MS,
@@ -46,7 +46,7 @@ def producer_config(settings: InfraSettings, **overrides: Any) -> dict[str, Any]
 def aio_producer(settings: InfraSettings, **overrides: Any) -> AIOKafkaProducer:
     """aiokafka producer: idempotent, acks=all, short linger. Call `await p.start()`."""
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
+        **settings.aiokafka_options(),
         "enable_idempotence": True,
         "acks": "all",
         "linger_ms": PRODUCER_LINGER_MS,
@@ -102,7 +102,7 @@ def ensure_topics(settings: InfraSettings, timeout_s: float = 30.0) -> list[str]
     Returns the topics it created. Every service and `chatlog up` call it at start, so a
     topic created by hand or by an older release gets its retention before anything runs.
     """
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.confluent_kafka_config())
     configs = topic_configs(settings)
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [t for t in settings.topics.all() if t not in existing]

@@ -7,7 +7,9 @@ both where a service runs and where clients look for it.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field
@@ -27,6 +29,16 @@ class InfraSettings(BaseSettings):
     home: Path = Path(".chatlog")
     # One broker or a comma-separated list; the local launcher runs one node per entry.
     kafka_bootstrap: str = "127.0.0.1:19092"
+    # Kafka's security, passed through to every client (confluent-kafka, aiokafka, faust):
+    # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL; SASL PLAIN / SCRAM-SHA-256 / SCRAM-SHA-512
+    # with a username and password; TLS with a CA file (and a client certificate for mTLS).
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
     topic_prefix: str = ""
     partitions: int = DEFAULT_PARTITIONS
     # Our topics' durability: with 3 and 2, an acks=all write is on two brokers before it is
@@ -89,6 +101,68 @@ class InfraSettings(BaseSettings):
     def kafka_brokers(self) -> list[str]:
         """The bootstrap list's entries (`host:port`)."""
         return [b.strip() for b in self.kafka_bootstrap.split(",") if b.strip()]
+
+    def confluent_kafka_config(self) -> dict[str, str | int | float | bool]:
+        """bootstrap.servers and the security settings, as confluent-kafka (librdkafka)
+        spells them: merge into any producer, consumer or admin config."""
+        config: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.kafka_sasl_mechanism,
+            "sasl.username": self.kafka_sasl_username,
+            "sasl.password": self.kafka_sasl_password,
+            "ssl.ca.location": self.kafka_ssl_cafile,
+            "ssl.certificate.location": self.kafka_ssl_certfile,
+            "ssl.key.location": self.kafka_ssl_keyfile,
+        }
+        return config | {k: str(v) for k, v in optional.items() if v is not None}
+
+    def aiokafka_options(self) -> dict[str, Any]:
+        """bootstrap_servers and the security settings as aiokafka's keyword arguments
+        (faust takes the same through `broker_credentials`: see `faust_credentials`)."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            options |= {
+                "sasl_mechanism": self.kafka_sasl_mechanism,
+                "sasl_plain_username": self.kafka_sasl_username,
+                "sasl_plain_password": self.kafka_sasl_password,
+            }
+        if "SSL" in self.kafka_security_protocol:
+            options["ssl_context"] = self.ssl_context()
+        return options
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A TLS context from the CA file (system CAs without one) and client certificate."""
+        context = ssl.create_default_context(
+            cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+        )
+        if self.kafka_ssl_certfile:
+            context.load_cert_chain(
+                str(self.kafka_ssl_certfile),
+                str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+            )
+        return context
+
+    def faust_credentials(self) -> Any:
+        """faust's `broker_credentials` for the security settings (None: plaintext)."""
+        import faust
+
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL"):
+            return faust.SASLCredentials(
+                username=self.kafka_sasl_username,
+                password=self.kafka_sasl_password,
+                mechanism=self.kafka_sasl_mechanism or "PLAIN",
+                ssl_context=self.ssl_context() if protocol == "SASL_SSL" else None,
+            )
+        if protocol == "SSL":
+            return faust.SSLCredentials(self.ssl_context())
+        return None
 
     @property
     def model_ids(self) -> list[str]:
