@@ -118,6 +118,8 @@ def test_a_prompt_streams_through_the_gateway_on_the_cluster(
         # and the processors (two instances, one group) stored it
         def stored() -> Any:
             page = client.get(f"/v1/conversations/{accepted['conversation_id']}/messages")
+            if page.status_code != 200:  # 404 until the projection has the conversation
+                return None
             done = [m for m in page.json()["data"] if m["role"] == "assistant"]
             return done if done and done[0]["status"] == "finished" else None
 
