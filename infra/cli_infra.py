@@ -82,7 +82,7 @@ def cmd_smoke(_: argparse.Namespace) -> int:
         raise SystemExit("kafka: produce not acknowledged")
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **settings.confluent_kafka_config(),
             "group.id": f"smoke-{uuid.uuid4()}",
             "auto.offset.reset": "earliest",
         }
