@@ -65,3 +65,29 @@ def test_ray_nodes_get_disjoint_ports_and_the_worker_joins_the_head(tmp_path: Pa
     assert "--head" in head.command() and "--port=26679" in head.command()
     assert f"--address={head.address}" in worker.command()
     assert "--block" in worker.command()  # the node's processes stay in our process group
+
+
+def test_kafka_security_settings_reach_every_client_library_in_its_own_spelling() -> None:
+    s = InfraSettings(
+        kafka_bootstrap="b1:9093,b2:9093",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="svc",
+        kafka_sasl_password="pw",
+    )
+    assert s.confluent_kafka_config() == {
+        "bootstrap.servers": "b1:9093,b2:9093",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "svc",
+        "sasl.password": "pw",
+    }
+    aio = s.aiokafka_options()
+    assert (aio["security_protocol"], aio["sasl_mechanism"]) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert (aio["sasl_plain_username"], aio["sasl_plain_password"]) == ("svc", "pw")
+    assert aio["ssl_context"] is not None
+    creds = s.faust_credentials()
+    assert (creds.username, creds.password) == ("svc", "pw")
+    plain = InfraSettings()
+    assert plain.confluent_kafka_config()["security.protocol"] == "PLAINTEXT"
+    assert "ssl_context" not in plain.aiokafka_options() and plain.faust_credentials() is None
