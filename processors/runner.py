@@ -91,7 +91,7 @@ class Runner:
 
     async def run(self) -> None:
         consumer = self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **self.settings.aiokafka_options(),
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
