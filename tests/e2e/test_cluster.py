@@ -133,7 +133,7 @@ def test_faults_on_the_cluster_lose_double_and_garble_nothing(
     from tests.e2e.cluster_faults import drive
 
     stack, _settings = cluster
-    plan = Plan(duration_s=70, clients=3, fault_every_s=6)
+    plan = Plan(duration_s=30, clients=3, fault_every_s=5)
     started = time.monotonic()
     tally = asyncio.run(drive(plan, system, stack, keys))
     report = asyncio.run(check(plan, system, tally, keys))
