@@ -56,6 +56,8 @@ def cluster_stack(shared: Services) -> Iterator[tuple[LocalStack, InfraSettings]
     finally:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)
+        for node in stack.ray[:1]:  # the cluster's Ray session files
+            shutil.rmtree(node.temp_dir, ignore_errors=True)
 
 
 def replicas_by_node(stack: LocalStack) -> dict[str, list[int]]:
