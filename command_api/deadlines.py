@@ -183,7 +183,7 @@ class DeadlineKeeper:
         while True:
             self._producer = aio_producer(self._s)
             self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=self._s.kafka_bootstrap,
+                **self._s.aiokafka_options(),
                 group_id=f"{self._s.topic_prefix}chatlog-deadline-keeper",
                 enable_auto_commit=False,
                 auto_offset_reset="latest",

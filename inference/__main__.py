@@ -50,15 +50,20 @@ def _run_serve(settings: InferenceSettings, port: int) -> None:
 
     from inference.deployment import build_app
 
-    ray.init(
-        include_dashboard=False,
-        log_to_driver=True,
-        object_store_memory=settings.ray_object_store_bytes,  # README's memory budget
-    )
+    if settings.ray_address:  # an existing cluster: its nodes have their own object stores
+        ray.init(address=settings.ray_address, log_to_driver=True)
+    else:
+        ray.init(
+            include_dashboard=False,
+            log_to_driver=True,
+            object_store_memory=settings.ray_object_store_bytes,  # README's memory budget
+        )
     # ray.init installed a SIGTERM handler that raises SystemExit; SIGINT raises
     # KeyboardInterrupt: whenever either comes, the app is shut down, then Ray.
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        # One HTTP proxy, on the head: by default Serve runs one on every node with a
+        # replica, and two nodes of one machine would both bind this port.
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(), name="inference", route_prefix=settings.serve_route, blocking=False)
         log.info(
             "inference app deployed: %s",

@@ -112,7 +112,7 @@ class ReplicaWorker:
         await asyncio.to_thread(ensure_topics, s)  # idempotent; a lone worker needs them too
         await self.publisher.start()
         await self._beat_producer.start()
-        common: dict[str, Any] = {"bootstrap_servers": s.kafka_bootstrap}
+        common: dict[str, Any] = s.aiokafka_options()
         self._reader = AIOKafkaConsumer(**common, enable_auto_commit=False)
         await self._reader.start()
         self._peeker = AIOKafkaConsumer(

@@ -35,7 +35,12 @@ def cmd_setup(_: argparse.Namespace) -> int:
 
 
 def cmd_start(_: argparse.Namespace) -> int:
-    settings = InfraSettings()
+    start_infra(InfraSettings())
+    return cmd_status(_)
+
+
+def start_infra(settings: InfraSettings) -> None:
+    """Start the local stack of `settings`, its topics, tables and index."""
     LocalStack(settings).start()
     from infra.auth import apply_auth_ddl
     from infra.clients import apply_read_model_ddl, ensure_search_index, pg_connect
@@ -45,7 +50,6 @@ def cmd_start(_: argparse.Namespace) -> int:
         apply_auth_ddl(conn)
     if settings.meili_url:
         ensure_search_index(settings)
-    return cmd_status(_)
 
 
 def cmd_stop(_: argparse.Namespace) -> int:
@@ -78,7 +82,7 @@ def cmd_smoke(_: argparse.Namespace) -> int:
         raise SystemExit("kafka: produce not acknowledged")
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **settings.confluent_kafka_config(),
             "group.id": f"smoke-{uuid.uuid4()}",
             "auto.offset.reset": "earliest",
         }

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.local import LocalStack
-from infra.settings import InfraSettings
+from infra.settings import InfraSettings, cluster_profile
 from infra.system import (
     Probe,
     System,
@@ -21,29 +21,53 @@ from infra.system import (
 DEMO_USER = "demo"
 
 
+CLUSTER_HELP = (
+    "the cluster profile: 3 Kafka brokers (replication 3, min ISR 2), a Ray head and worker"
+    " node, 2 instances of every service, under <home>/cluster"
+)
+
+
 def register(sub: Any) -> None:
     up = sub.add_parser("up", help="set up what is missing and start everything")
     up.set_defaults(func=cmd_up)
-    sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)
-    sub.add_parser(
+    down = sub.add_parser("down", help="stop everything `up` started")
+    down.set_defaults(func=cmd_down)
+    status = sub.add_parser(
         "status",
         help="each component's health and projection lag; exit 0 healthy, 1 down, 2 degraded",
-    ).set_defaults(func=cmd_status)
+    )
+    status.set_defaults(func=cmd_status)
     logs = sub.add_parser("logs", help="tail one component's log")
+    for parser in (up, down, status, logs):
+        parser.add_argument("--cluster", action="store_true", help=CLUSTER_HELP)
     logs.add_argument("component", help="kafka, postgres, meilisearch or a service name")
     logs.add_argument("-n", type=int, default=50)
     logs.add_argument("--no-follow", action="store_true")
     logs.set_defaults(func=cmd_logs)
 
 
-def cmd_up(_: argparse.Namespace) -> int:
-    from infra.cli_infra import cmd_start
-
+def profile(args: argparse.Namespace) -> InfraSettings:
+    """The settings, with the cluster profile applied under `--cluster`."""
     settings = InfraSettings()
+    if not getattr(args, "cluster", False):
+        return settings
+    cluster = cluster_profile(settings)
+    # the cluster's data directory shares the pinned tools with the single-node one
+    tools = Path(cluster.home) / "tools"
+    if not tools.exists():
+        tools.parent.mkdir(parents=True, exist_ok=True)
+        tools.symlink_to((Path(settings.home) / "tools").absolute())
+    return cluster
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from infra.cli_infra import start_infra
+
+    settings = profile(args)
     started = time.monotonic()
     stack = LocalStack(settings)
     stack.install()
-    cmd_start(_)
+    start_infra(settings)
     system = System(settings)
     print("starting " + ", ".join(c.name for c in system.services()) + " …", flush=True)
     system.start_all()
@@ -92,8 +116,8 @@ def demo_key(settings: InfraSettings) -> str:
     return key
 
 
-def cmd_down(_: argparse.Namespace) -> int:
-    settings = InfraSettings()
+def cmd_down(args: argparse.Namespace) -> int:
+    settings = profile(args)
     for name in System(settings).stop_all():
         print(f"stopped {name}")
     stopped = LocalStack(settings).stop()
@@ -101,11 +125,11 @@ def cmd_down(_: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(_: argparse.Namespace) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
     """Print each component's verdict; exit 0 healthy, 1 anything down, 2 degraded only."""
     from infra.lag import total_lag_by_projection
 
-    settings = InfraSettings()
+    settings = profile(args)
     probes = [Probe(s.name, s.running, s.healthy, s.where) for s in LocalStack(settings).status()]
     system = System(settings)
     probes += [
@@ -113,7 +137,9 @@ def cmd_status(_: argparse.Namespace) -> int:
         for c in system.services()
     ]
     lags: dict[str, int] | None = None
-    if not all(p.healthy for p in probes if p.name in ("kafka", "postgres")):
+    if not any(p.healthy for p in probes if p.name.startswith("kafka")) or not all(
+        p.healthy for p in probes if p.name == "postgres"
+    ):
         error = "needs Kafka and PostgreSQL"
     else:
         try:
@@ -128,11 +154,13 @@ def cmd_status(_: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    settings = InfraSettings()
+    settings = profile(args)
     home = Path(settings.home).absolute()
     if args.component == "postgres":
         path = home / "data" / "postgres" / "server.log"
-    elif args.component in ("kafka", "meilisearch"):
+    elif args.component in ("kafka", "meilisearch") or args.component.startswith(
+        ("kafka-", "ray-")
+    ):
         path = home / "logs" / f"{args.component}.log"
     else:
         system = System(settings)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def producer_config(settings: InfraSettings, **overrides: Any) -> dict[str, Any]:
     """confluent-kafka producer config: idempotent, acks=all, short linger."""
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **settings.confluent_kafka_config(),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": PRODUCER_LINGER_MS,
@@ -46,7 +46,7 @@ def producer_config(settings: InfraSettings, **overrides: Any) -> dict[str, Any]
 def aio_producer(settings: InfraSettings, **overrides: Any) -> AIOKafkaProducer:
     """aiokafka producer: idempotent, acks=all, short linger. Call `await p.start()`."""
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
+        **settings.aiokafka_options(),
         "enable_idempotence": True,
         "acks": "all",
         "linger_ms": PRODUCER_LINGER_MS,
@@ -62,16 +62,21 @@ def topic_configs(settings: InfraSettings) -> dict[str, dict[str, str]]:
     chat.conversations and chat.answers are the source of truth (unlimited); chat.completions'
     token chunks only serve live and resumed streams (`completions_retention_ms`); chat.dlq
     keeps copies of poison records long enough for an operator to fix and re-publish them
-    (`dlq_retention_ms`). Size never deletes anything (`retention.bytes=-1`) and nothing is
+    (`dlq_retention_ms`). `min.insync.replicas` comes with the replication factor
+    (settings): with acks=all it is what makes an acknowledged write survive a broker's
+    death. Size never deletes anything (`retention.bytes=-1`) and nothing is
     compacted (`cleanup.policy=delete`): every event of a key matters, not only its last --
     except chat.replicas, whose beats only matter as each replica's latest.
     """
+
+    isr = {"min.insync.replicas": str(settings.min_insync_replicas)}
 
     def config(retention_ms: int) -> dict[str, str]:
         return {
             "cleanup.policy": "delete",
             "retention.ms": str(retention_ms),
             "retention.bytes": "-1",
+            **isr,
         }
 
     t = settings.topics
@@ -81,7 +86,12 @@ def topic_configs(settings: InfraSettings) -> dict[str, dict[str, str]]:
         t.answers: config(-1),
         t.dlq: config(settings.dlq_retention_ms),
         # chat.replicas is the one compacted topic: only each replica's last beat matters.
-        t.replicas: {"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"},
+        t.replicas: {
+            "cleanup.policy": "compact",
+            "retention.ms": "-1",
+            "retention.bytes": "-1",
+            **isr,
+        },
     }
 
 
@@ -92,7 +102,7 @@ def ensure_topics(settings: InfraSettings, timeout_s: float = 30.0) -> list[str]
     Returns the topics it created. Every service and `chatlog up` call it at start, so a
     topic created by hand or by an older release gets its retention before anything runs.
     """
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.confluent_kafka_config())
     configs = topic_configs(settings)
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [t for t in settings.topics.all() if t not in existing]
@@ -101,7 +111,10 @@ def ensure_topics(settings: InfraSettings, timeout_s: float = 30.0) -> list[str]
         futures = admin.create_topics(
             [
                 NewTopic(
-                    t, num_partitions=settings.partitions, replication_factor=1, config=configs[t]
+                    t,
+                    num_partitions=settings.partitions,
+                    replication_factor=settings.replication_factor,
+                    config=configs[t],
                 )
                 for t in wanted
             ],

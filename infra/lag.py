@@ -43,9 +43,7 @@ def projection_lags(settings: InfraSettings) -> list[PartitionLag]:
         p: set(base.get(p, (t.conversations, t.completions))) | {x for q, x, _ in stored if q == p}
         for p in PROJECTIONS
     }
-    consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "chatlog-lag-probe"}
-    )
+    consumer = Consumer({**settings.confluent_kafka_config(), "group.id": "chatlog-lag-probe"})
     try:
         meta = consumer.list_topics(timeout=10)
         ends: dict[tuple[str, int], int] = {}

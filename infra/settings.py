@@ -7,9 +7,12 @@ both where a service runs and where clients look for it.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.topics import DEFAULT_PARTITIONS, Topics
@@ -29,9 +32,24 @@ class InfraSettings(BaseSettings):
 
     environment: str = "local"
     home: Path = Path(".chatlog")
+    # One broker or a comma-separated list; the local launcher runs one node per entry.
     kafka_bootstrap: str = "127.0.0.1:19092"
+    # Kafka's security, passed through to every client (confluent-kafka, aiokafka, faust):
+    # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL; SASL PLAIN / SCRAM-SHA-256 / SCRAM-SHA-512
+    # with a username and password; TLS with a CA file (and a client certificate for mTLS).
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
     topic_prefix: str = ""
     partitions: int = DEFAULT_PARTITIONS
+    # Our topics' durability: with 3 and 2, an acks=all write is on two brokers before it is
+    # acknowledged, and one broker may die without losing or refusing anything.
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
     # chat.completions' retention (token chunks are bulky and only serve live and resumed
     # streams); chat.conversations and chat.answers keep everything (retention.ms=-1).
     completions_retention_ms: int = 3 * 24 * 3600 * 1000
@@ -52,10 +70,23 @@ class InfraSettings(BaseSettings):
     # memory=...)`). Tokens go to Kafka directly, never through Ray objects, so a small store
     # is plenty; Ray's default is 30% of the machine's memory, on /dev/shm.
     ray_object_store_bytes: int = 256 * 1024 * 1024
+    # An existing Ray cluster for the inference deployment (`RAY_ADDRESS`, as Ray spells it,
+    # or CHATLOG_RAY_ADDRESS). None: `python -m inference` starts a Ray of its own.
+    ray_address: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CHATLOG_RAY_ADDRESS", "RAY_ADDRESS", "ray_address"),
+    )
+    # The local launcher's own Ray cluster (infra/local/ray.py): a head and ray_nodes - 1
+    # workers, the head's GCS on ray_port. 0: none (inference runs Ray in its process).
+    ray_nodes: int = 0
+    ray_port: int = 16379
     # The gateway (infra/gateway.py): the one base URL, the API instances behind it, TLS.
     gateway_port: int = 8080
     command_instances: int = 1
     query_instances: int = 1
+    # Processors instances: one consumer group, the partitions shared between them; each
+    # batch's checkpoint, in its own transaction, fences a batch a rebalance made stale.
+    processors_instances: int = 1
     # Above the command API's max_body_bytes, so bodies in between get the API's own 413.
     gateway_max_body_bytes: int = 8 * 1024 * 1024
     tls_cert: Path | None = None
@@ -73,6 +104,73 @@ class InfraSettings(BaseSettings):
     # keeper (the one writer) and by the replicas (which refuse an expired prompt).
     queue_timeout_s: float = 30.0
     stall_timeout_s: float = 120.0
+
+    @property
+    def kafka_brokers(self) -> list[str]:
+        """The bootstrap list's entries (`host:port`)."""
+        return [b.strip() for b in self.kafka_bootstrap.split(",") if b.strip()]
+
+    def confluent_kafka_config(self) -> dict[str, str | int | float | bool]:
+        """bootstrap.servers and the security settings, as confluent-kafka (librdkafka)
+        spells them: merge into any producer, consumer or admin config."""
+        config: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.kafka_sasl_mechanism,
+            "sasl.username": self.kafka_sasl_username,
+            "sasl.password": self.kafka_sasl_password,
+            "ssl.ca.location": self.kafka_ssl_cafile,
+            "ssl.certificate.location": self.kafka_ssl_certfile,
+            "ssl.key.location": self.kafka_ssl_keyfile,
+        }
+        return config | {k: str(v) for k, v in optional.items() if v is not None}
+
+    def aiokafka_options(self) -> dict[str, Any]:
+        """bootstrap_servers and the security settings as aiokafka's keyword arguments
+        (faust takes the same through `broker_credentials`: see `faust_credentials`)."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            options |= {
+                "sasl_mechanism": self.kafka_sasl_mechanism,
+                "sasl_plain_username": self.kafka_sasl_username,
+                "sasl_plain_password": self.kafka_sasl_password,
+            }
+        if "SSL" in self.kafka_security_protocol:
+            options["ssl_context"] = self.ssl_context()
+        return options
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A TLS context from the CA file (system CAs without one) and client certificate."""
+        context = ssl.create_default_context(
+            cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+        )
+        if self.kafka_ssl_certfile:
+            context.load_cert_chain(
+                str(self.kafka_ssl_certfile),
+                str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+            )
+        return context
+
+    def faust_credentials(self) -> Any:
+        """faust's `broker_credentials` for the security settings (None: plaintext)."""
+        import faust
+
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL"):
+            return faust.SASLCredentials(
+                username=self.kafka_sasl_username,
+                password=self.kafka_sasl_password,
+                mechanism=self.kafka_sasl_mechanism or "PLAIN",
+                ssl_context=self.ssl_context() if protocol == "SASL_SSL" else None,
+            )
+        if protocol == "SSL":
+            return faust.SSLCredentials(self.ssl_context())
+        return None
 
     @property
     def model_ids(self) -> list[str]:
@@ -96,3 +194,27 @@ def port_of(url: str, default: int) -> int:
     """The port in a URL or `host:port` string."""
     parsed = urlsplit(url if "//" in url else f"//{url}")
     return parsed.port or default
+
+
+def cluster_profile(settings: InfraSettings) -> InfraSettings:
+    """The cluster profile on this machine (`chatlog up --cluster`): three Kafka brokers
+    (the first on the configured port, the others 2 and 4 above it), topics replicated 3
+    times with min ISR 2, a Ray head and a worker node, two instances of every service.
+
+    It lives in `<home>/cluster`, apart from the single-node profile's data: its read
+    models come from another log and must never mix with that one's.
+    """
+    first = port_of(settings.kafka_brokers[0], 19092)
+    return settings.model_copy(
+        update={
+            "home": Path(settings.home) / "cluster",
+            "kafka_bootstrap": ",".join(f"127.0.0.1:{first + 2 * i}" for i in range(3)),
+            "replication_factor": 3,
+            "min_insync_replicas": 2,
+            "ray_nodes": 2,
+            "ray_address": f"127.0.0.1:{settings.ray_port}",
+            "command_instances": max(2, settings.command_instances),
+            "query_instances": max(2, settings.query_instances),
+            "processors_instances": max(2, settings.processors_instances),
+        }
+    )

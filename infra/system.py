@@ -30,6 +30,7 @@ from infra.local.procs import (
     stop_pid,
     wait_until,
 )
+from infra.local.ray import auth_env
 from infra.settings import InfraSettings
 
 DEFAULT_COMMAND_PORT = 8000
@@ -58,7 +59,11 @@ COMPONENTS = (
 # nginx in front of the APIs (infra/gateway.py); started last, stopped first.
 GATEWAY = Component("gateway", "nginx", "CHATLOG_GATEWAY_PORT", gateway.HEALTH_PATH, 30)
 # The APIs that may run as several instances, and the setting that says how many.
-SCALED = {"command_api": "command_instances", "query_api": "query_instances"}
+SCALED = {
+    "processors": "processors_instances",
+    "command_api": "command_instances",
+    "query_api": "query_instances",
+}
 
 
 def component(name: str) -> Component:
@@ -82,7 +87,13 @@ def settings_env(settings: InfraSettings) -> dict[str, str]:
         "CHATLOG_INDEX_PREFIX": settings.index_prefix,
         "CHATLOG_MODELS": settings.models,
         "CHATLOG_RAY_OBJECT_STORE_BYTES": str(settings.ray_object_store_bytes),
+        "CHATLOG_REPLICATION_FACTOR": str(settings.replication_factor),
+        "CHATLOG_MIN_INSYNC_REPLICAS": str(settings.min_insync_replicas),
+        # Ray's own name: `ray.init()` and the `ray`/`serve` CLIs read it too.
+        "RAY_ADDRESS": settings.ray_address or "",
     }
+    if settings.ray_nodes > 0:  # the local Ray cluster: its token, one replica per node
+        env |= auth_env(Path(settings.home)) | {"CHATLOG_REPLICAS": str(settings.ray_nodes)}
     return env
 
 

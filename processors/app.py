@@ -30,6 +30,7 @@ def create_app(settings: ProcessorSettings) -> faust.App:
     app = faust.App(
         f"{settings.topic_prefix}chatlog-processors",
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=settings.faust_credentials(),
         datadir=str(settings.home / "processors"),
         web_enabled=False,
         topic_disable_leader=True,  # no assignor topic: our agents hold no tables

@@ -37,7 +37,7 @@ class LogStart:
 async def check_log_start(settings: ProcessorSettings) -> LogStart:
     """Refuse (RebuildRefused) when chat.conversations or chat.answers lost its beginning."""
     t = settings.topics
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(**settings.aiokafka_options())
     await consumer.start()
     try:
         cluster = await consumer._client.fetch_all_metadata()

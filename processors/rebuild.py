@@ -202,7 +202,7 @@ async def rewind(settings: ProcessorSettings, projection: str, since: datetime) 
     Returns how many events the projection will fold again (0: nothing was rewound). The
     running projector notices within a second, even when no new record arrives.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(**settings.aiokafka_options())
     await consumer.start()
     try:
         cluster = await consumer._client.fetch_all_metadata()

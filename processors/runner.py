@@ -91,7 +91,7 @@ class Runner:
 
     async def run(self) -> None:
         consumer = self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **self.settings.aiokafka_options(),
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -214,6 +214,11 @@ class Runner:
         fresh = [tp for tp in tps if (tp.topic, tp.partition) not in stored]
         starts = await self._consumer.beginning_offsets(fresh) if fresh else {}
         for tp in tps:
+            # The awaits above let a rebalance run: a partition revoked meanwhile is the new
+            # owner's to position (seeking it raised IllegalStateError and crashed the
+            # instance when two processors shared the partitions: issue #17's fault test).
+            if tp not in self._consumer.assignment():
+                continue
             offset = stored.get((tp.topic, tp.partition))
             self.base[(tp.topic, tp.partition)] = offset
             if offset is None:

@@ -63,7 +63,7 @@ async def chunks_before(
     """The chunks of (request, attempt) in [offset at time `since_s`, end_offset)."""
     tp = TopicPartition(settings.topics.completions, partition)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
+        **settings.aiokafka_options(), group_id=None, enable_auto_commit=False
     )
     await consumer.start()
     found: dict[int, StreamEvent] = {}

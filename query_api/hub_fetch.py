@@ -57,7 +57,7 @@ class LiveReader:
         s = self._settings
         consumer = Consumer(
             {
-                "bootstrap.servers": s.kafka_bootstrap,
+                **s.confluent_kafka_config(),
                 # required by the client; never joined (assign, no subscribe) nor committed
                 "group.id": f"query-hub-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,

@@ -1,4 +1,8 @@
-"""The three local services together: install, start, stop, status."""
+"""The local services together: install, start, stop, status.
+
+Kafka runs one node per entry of the bootstrap list (three make the cluster profile's
+quorum); Ray nodes run only where `ray_nodes` asks for them (else inference starts its own).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 from infra.local.kafka import KafkaNode
 from infra.local.meili import MeiliNode
 from infra.local.postgres import PostgresNode
+from infra.local.ray import RayNode
 from infra.settings import InfraSettings, port_of
 
 
@@ -26,7 +31,13 @@ class LocalStack:
     def __init__(self, settings: InfraSettings) -> None:
         self.settings = settings
         home = Path(settings.home).absolute()
-        self.kafka = KafkaNode(home, port_of(settings.kafka_bootstrap, 9092))
+        peers = tuple(port_of(b, 9092) for b in settings.kafka_brokers)
+        self.brokers = [KafkaNode(home, port, peers=peers) for port in peers]
+        self.kafka = self.brokers[0]
+        self.ray = [
+            RayNode(home, i, settings.ray_port, object_store_bytes=settings.ray_object_store_bytes)
+            for i in range(settings.ray_nodes)
+        ]
         self.postgres = PostgresNode(home, port_of(settings.postgres_url, 5432))
         self.meili = (
             MeiliNode(home, port_of(settings.meili_url, 7700), settings.meili_key)
@@ -35,8 +46,9 @@ class LocalStack:
         )
 
     @property
-    def nodes(self) -> list[KafkaNode | PostgresNode | MeiliNode]:
-        return [n for n in (self.postgres, self.kafka, self.meili) if n is not None]
+    def nodes(self) -> list[KafkaNode | PostgresNode | MeiliNode | RayNode]:
+        meili = [self.meili] if self.meili is not None else []
+        return [self.postgres, *self.brokers, *meili, *self.ray]
 
     def install(self) -> None:
         """Fetch everything set-up pins (idempotent; nothing is fetched at run time)."""
@@ -48,7 +60,12 @@ class LocalStack:
         from infra.clients import ensure_topics
 
         for node in self.nodes:
-            node.start()
+            if isinstance(node, KafkaNode) and len(self.brokers) > 1:
+                node.start(wait=False)  # ready only once a quorum of its peers runs
+            else:
+                node.start()
+        for broker in self.brokers:
+            broker.wait_ready()
         ensure_topics(self.settings)
 
     def stop(self) -> list[str]:
@@ -57,11 +74,13 @@ class LocalStack:
 
     def status(self) -> list[ServiceStatus]:
         out = []
-        for node, where in (
-            (self.kafka, self.settings.kafka_bootstrap),
+        pairs: list[tuple[KafkaNode | PostgresNode | MeiliNode | RayNode | None, str]] = [
+            *((b, f"127.0.0.1:{b.port}") for b in self.brokers),
             (self.postgres, self.settings.postgres_url),
             (self.meili, self.settings.meili_url or ""),
-        ):
+            *((r, r.address if r.index == 0 else f"127.0.0.1:{r.port}") for r in self.ray),
+        ]
+        for node, where in pairs:
             if node is None:
                 continue
             running = node.running()
