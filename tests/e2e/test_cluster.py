@@ -38,7 +38,7 @@ from tests.e2e.sse import eventually, read_until_end, text_of
 
 # The first test's setup starts the whole cluster (205-343 s on the loaded 2 cores), past
 # the suite's 300 s per-test timeout; the fault test needs its four restarts on top.
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(1200)]
 
 ENV = {
     **CHAOS_ENV,  # no rate limits; ~2.5 s per answer, so faults land mid-stream
