@@ -69,3 +69,13 @@ async def test_a_replay_is_answered_while_the_breaker_refuses_new_prompts(
         # a different body under the same key is still the client's mistake, not an outage
         reused = await client.post("/v1/chat/completions", json=prompt("other"), headers=key)
         assert reused.status_code == 422, reused.text
+        # every way to start a generation goes through the same gate
+        base = f"/v1/conversations/{first.json()['conversation_id']}/messages/{first.json()['id']}"
+        for path, payload in (
+            ("/v1/responses", {"model": MODEL, "input": "new"}),
+            (f"{base}/regenerate", {"model": MODEL}),
+            (f"{base}/edit", {"model": MODEL, "content": "edited"}),
+        ):
+            gated = await client.post(path, json=payload, headers=auth)
+            assert gated.status_code == 503, (path, gated.text)
+            assert gated.json()["error"]["code"] == "model_unavailable"

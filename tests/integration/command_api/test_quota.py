@@ -46,6 +46,16 @@ async def test_a_user_past_the_quota_gets_insufficient_quota(infra_settings, new
         )
         ok = await client.post("/v1/chat/completions", json=prompt(), headers=under_headers)
         assert ok.status_code == 202, ok.text
+        # the other ways to start a generation spend the same quota
+        turn = f"/v1/conversations/{ok.json()['conversation_id']}/messages/{ok.json()['id']}"
+        metered(settings, under, today, 2, 2)  # now 10 of 10
+        for path, payload in (
+            ("/v1/responses", {"model": prompt()["model"], "input": "more"}),
+            (f"{turn}/regenerate", {}),
+        ):
+            refused = await client.post(path, json=payload, headers=under_headers)
+            assert refused.status_code == 429, (path, refused.text)
+            assert refused.json()["error"]["code"] == "insufficient_quota"
 
 
 async def test_quotas_are_off_by_default(infra_settings, new_user) -> None:  # type: ignore[no-untyped-def]
