@@ -8,6 +8,12 @@ higher). Completion events are written to the same partition number as their pro
 partition p, after the time the prompt at the committed offset was produced (less a
 clock-skew allowance). Nothing to redeliver, nothing to read.
 
+chat.answers is read over the same range: a final is written there only after the whole
+attempt is on chat.completions, so a replica that died between the two writes leaves a
+final on chat.completions alone. That request is finished (never generated again), but
+its durable answer is missing: `Attempts.unanswered` holds the final, which the replica
+that gets the prompt again writes to chat.answers (the same event: consumers fold it once).
+
 A scan that cannot finish (timeout, broker away) raises LedgerUnavailable: reading less
 than the whole range would make finished requests look unfinished and regenerate them as
 attempt + 1, which wins and rewrites a stored answer. The caller retries, then stops
@@ -21,7 +27,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from schemas.codec import EVENT_TYPE_HEADER, decode
 from schemas.errors import EventDecodeError
@@ -43,6 +49,10 @@ _INTERESTING = {b"CompletionStarted", b"CompletionFinished", b"CompletionFailed"
 class Attempts:
     last_attempt: int = 0
     final_attempt: int = 0  # the highest attempt with a final event (0: none)
+    # A final found on chat.completions whose copy on chat.answers was not found: its
+    # replica died between the two writes. The redelivered prompt writes it there.
+    unanswered: CompletionFinished | CompletionFailed | None = None
+    answered_attempt: int = 0  # the highest attempt with its final on chat.answers
 
     @property
     def final(self) -> bool:
@@ -61,14 +71,37 @@ class AttemptLedger:
     def get(self, request_id: str) -> Attempts | None:
         return self._entries.get(request_id)
 
-    def note(self, request_id: str, attempt: int, *, final: bool) -> None:
+    def note(self, request_id: str, attempt: int, *, final: bool) -> Attempts:
+        """An attempt started or (`final`) finished: by this replica, on both topics."""
         entry = self._entries.setdefault(request_id, Attempts())
         entry.last_attempt = max(entry.last_attempt, attempt)
         if final:
             entry.final_attempt = max(entry.final_attempt, attempt)
+            self.answered(request_id, attempt)
         self._entries.move_to_end(request_id)
         while len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
+        return entry
+
+    def final_seen(self, event: CompletionFinished | CompletionFailed) -> None:
+        """A final read on chat.completions: answered only once its copy on chat.answers
+        is seen too (`answered`; the two scans interleave, so the order does not matter)."""
+        entry = self._entries.setdefault(event.request_id, Attempts())
+        entry.last_attempt = max(entry.last_attempt, event.attempt)
+        entry.final_attempt = max(entry.final_attempt, event.attempt)
+        newer = entry.unanswered is None or event.attempt >= entry.unanswered.attempt
+        if event.attempt > entry.answered_attempt and newer:
+            entry.unanswered = event
+        self._entries.move_to_end(event.request_id)
+
+    def answered(self, request_id: str, attempt: int) -> None:
+        """The final of `attempt` is on chat.answers."""
+        entry = self._entries.setdefault(request_id, Attempts())
+        entry.final_attempt = max(entry.final_attempt, attempt)
+        entry.last_attempt = max(entry.last_attempt, attempt)
+        entry.answered_attempt = max(entry.answered_attempt, attempt)
+        if entry.unanswered is not None and entry.unanswered.attempt <= attempt:
+            entry.unanswered = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -80,6 +113,7 @@ async def scan_partitions(
     *,
     conversations: str,
     completions: str,
+    answers: str,
     committed: dict[int, int | None],
     lookback_ms: int,
     timeout_s: float = SCAN_TIMEOUT_S,
@@ -102,12 +136,14 @@ async def scan_partitions(
     deadline = time.monotonic() + timeout_s
     stamps = await _timestamps_at(reader, starts, deadline)
     comp = {
-        TopicPartition(completions, tp.partition): ts - lookback_ms for tp, ts in stamps.items()
+        TopicPartition(topic, tp.partition): ts - lookback_ms
+        for tp, ts in stamps.items()
+        for topic in (completions, answers)
     }
     found = await reader.offsets_for_times(comp)
     comp_ends = await reader.end_offsets(list(comp))
     todo = {tp: (o.offset, comp_ends[tp]) for tp, o in found.items() if o is not None}
-    return await _read_ranges(reader, ledger, todo, deadline)
+    return await _read_ranges(reader, ledger, todo, deadline, answers)
 
 
 async def _timestamps_at(
@@ -136,6 +172,7 @@ async def _read_ranges(
     ledger: AttemptLedger,
     ranges: dict[TopicPartition, tuple[int, int]],
     deadline: float,
+    answers_topic: str,
 ) -> int:
     todo = {tp: r for tp, r in ranges.items() if r[0] < r[1]}
     if not todo:
@@ -149,29 +186,32 @@ async def _read_ranges(
         for tp, records in batch.items():
             for rec in records:
                 read += 1
-                _note(ledger, rec.value, rec.headers, rec.partition, rec.offset)
+                _note(ledger, rec, answers=tp.topic == answers_topic)
                 if rec.offset + 1 >= todo.get(tp, (0, 0))[1]:
                     todo.pop(tp, None)
                     break
     reader.unsubscribe()
     if todo:
         left = sorted(tp.partition for tp in todo)
-        raise LedgerUnavailable(f"completions partitions {left} not read to the end in time")
+        raise LedgerUnavailable(
+            f"completions/answers partitions {left} not read to the end in time"
+        )
     return read
 
 
-def _note(
-    ledger: AttemptLedger, value: bytes | None, headers: object, partition: int, offset: int
-) -> None:
-    hdrs = dict(headers)  # type: ignore[call-overload]
+def _note(ledger: AttemptLedger, rec: ConsumerRecord[bytes, bytes], *, answers: bool) -> None:
+    hdrs = dict(rec.headers)
     if hdrs.get(EVENT_TYPE_HEADER) not in _INTERESTING:
         return  # TokenChunks are most of the topic: skip them without decoding
     try:
-        event = decode(value, hdrs, partition=partition, offset=offset)
+        event = decode(rec.value, hdrs, topic=rec.topic, partition=rec.partition, offset=rec.offset)
     except EventDecodeError:
-        log.warning("undecodable completion event at %s/%s ignored", partition, offset)
+        log.warning("undecodable event at %s/%s/%s ignored", rec.topic, rec.partition, rec.offset)
         return
     if isinstance(event, CompletionStarted):
         ledger.note(event.request_id, event.attempt, final=False)
     elif isinstance(event, CompletionFinished | CompletionFailed):
-        ledger.note(event.request_id, event.attempt, final=True)
+        if answers:
+            ledger.answered(event.request_id, event.attempt)
+        else:
+            ledger.final_seen(event)

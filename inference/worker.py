@@ -43,7 +43,7 @@ from inference.settings import InferenceSettings
 from infra.clients import aio_producer, ensure_topics
 from schemas.codec import EVENT_TYPE_HEADER, decode
 from schemas.errors import EventDecodeError
-from schemas.events import CancelRequested, PromptSubmitted
+from schemas.events import CancelRequested, CompletionFailed, CompletionFinished, PromptSubmitted
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +287,10 @@ class ReplicaWorker:
             self.offsets.consumed(partition, offset, done=True)
             return
         known = self.ledger.get(prompt.request_id)
+        if known is not None and known.final and known.unanswered is not None:
+            self.offsets.consumed(partition, offset)
+            self._answer(known.unanswered, partition, offset)
+            return
         if (known is not None and known.final) or prompt.request_id in self.scheduler.by_request:
             self.offsets.consumed(partition, offset, done=True)  # finished, or a duplicate
             return
@@ -320,6 +324,25 @@ class ReplicaWorker:
         self.scheduler.submit(req)
         if self._early_cancels.pop(prompt.request_id, 0) is None:  # cancelled while paused
             self.scheduler.cancel(prompt.request_id)
+
+    def _answer(
+        self, final: CompletionFinished | CompletionFailed, partition: int, offset: int
+    ) -> None:
+        """Write a finished request's final to chat.answers, where its replica died before
+        it could (see ledger.py); the prompt's offset is done once Kafka has it."""
+
+        def delivered(exc: BaseException | None) -> None:
+            if exc is None:
+                self.ledger.answered(final.request_id, final.attempt)
+                self.offsets.finish(partition, offset)
+                return
+            log.warning("%s: answer of %s not written (%r), again", self.replica_id,
+                        final.request_id, exc)  # fmt: skip
+            asyncio.get_running_loop().call_later(1.0, self._answer, final, partition, offset)
+
+        log.info("%s: %s's final was on chat.completions only: writing it to chat.answers",
+                 self.replica_id, final.request_id)  # fmt: skip
+        self.publisher.emit(final, partition, delivered, answers=True)
 
     def _request_done(self, req: Request) -> None:
         self.heartbeat.observe(req)
@@ -395,6 +418,7 @@ class ReplicaWorker:
                     self.ledger,
                     conversations=self._topics.conversations,
                     completions=self._topics.completions,
+                    answers=self._topics.answers,
                     committed=committed,
                     lookback_ms=int(s.ledger_lookback_s * 1000),
                     timeout_s=s.ledger_scan_timeout_s,

@@ -8,8 +8,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas.codec import decode
-from schemas.events import CompletionFinished, CompletionStarted, TokenChunk
+from infra.clients import aio_producer
+from schemas.codec import decode, encode
+from schemas.events import CompletionFinished, CompletionStarted, TokenChunk, Usage
 from tests.integration.inference.conftest import produce, prompt, wait_assigned, worker
 
 
@@ -110,3 +111,44 @@ async def test_a_ledger_that_cannot_be_read_stops_intake_instead_of_regenerating
     log = [e for _, e in await read_all(settings, settings.topics.completions)]
     assert started(log, short.request_id) == [1]
     assert started(log, long.request_id) == [1, 2]
+
+
+async def test_a_final_its_replica_never_copied_to_chat_answers_is_written_there_once(
+    inference_settings, completions
+):
+    """A replica died after its final was on chat.completions, before the copy on
+    chat.answers (the durable answer, the only one once the chunks expire). The replica
+    that gets the prompt again must not generate it again, and must write that final there."""
+    p = prompt("answered, but not durably", conversation_id="conv-unanswered")
+    settings = inference_settings
+    final = CompletionFinished(request_id=p.request_id, conversation_id=p.conversation_id,
+                               attempt=1, finish_reason="stop", usage=Usage(3, 2),
+                               text="Echo: answered", ttft_ms=1.0)  # fmt: skip
+    dead = [
+        CompletionStarted(request_id=p.request_id, conversation_id=p.conversation_id, attempt=1,
+                          model=settings.model_id, replica_id="replica-that-died"),
+        TokenChunk(request_id=p.request_id, conversation_id=p.conversation_id, attempt=1,
+                   seq=0, text="Echo: answered", token_count=2),
+        final,
+    ]  # fmt: skip
+    await produce(settings, p, partition=0)
+    producer = aio_producer(settings)
+    await producer.start()
+    try:
+        for e in dead:  # what the dead replica wrote: chat.completions only
+            value, headers = encode(e)
+            await producer.send_and_wait(settings.topics.completions, value, key=e.key.encode(),
+                                         headers=headers, partition=0)  # fmt: skip
+    finally:
+        await producer.stop()
+    async with worker(settings) as w:
+        await wait_assigned(w, settings.partitions)
+        answers: list[Any] = []
+        async with asyncio.timeout(60):
+            while not answers:
+                await asyncio.sleep(0.2)
+                answers = [e for _, e in await read_all(settings, settings.topics.answers)
+                           if e.request_id == p.request_id]  # fmt: skip
+    assert answers == [final] and answers[0].event_id == final.event_id
+    log = [e for _, e in await read_all(settings, settings.topics.completions)]
+    assert started(log, p.request_id) == [1]  # not generated again

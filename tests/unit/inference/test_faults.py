@@ -12,6 +12,7 @@ from inference.ledger import AttemptLedger, LedgerUnavailable, scan_partitions
 from inference.scripted import ScriptedEngine
 from inference.settings import InferenceSettings
 from inference.worker import ReplicaWorker
+from schemas.events import CompletionFinished, Usage
 from tests.unit.inference.test_scheduler import until
 
 
@@ -79,6 +80,7 @@ async def test_a_ledger_scan_that_times_out_raises_instead_of_reporting_nothing_
             ledger,
             conversations="conv",
             completions="comp",
+            answers="answers",
             committed={0: 3},
             lookback_ms=1000,
             timeout_s=0.01,
@@ -96,3 +98,31 @@ def test_an_attempt_started_after_a_final_one_is_not_finished():
     ledger.note("r", 2, final=True)
     ledger.note("r", 1, final=False)  # a stale record read later changes nothing
     assert ledger.get("r").final  # type: ignore[union-attr]
+
+
+def _finished(attempt: int) -> CompletionFinished:
+    return CompletionFinished(request_id="r", conversation_id="c", attempt=attempt,
+                              finish_reason="stop", usage=Usage(1, 1), text="x")  # fmt: skip
+
+
+def test_a_final_missing_on_chat_answers_is_kept_to_be_written_there_in_any_read_order():
+    """The replica died between its two writes: finished (never generated again), and
+    its final kept for chat.answers; seen there too (before or after), nothing is kept."""
+    first, second = _finished(1), _finished(2)
+    lone = AttemptLedger()
+    lone.final_seen(first)
+    assert lone.get("r").final and lone.get("r").unanswered is first  # type: ignore[union-attr]
+    completions_first, answers_first = AttemptLedger(), AttemptLedger()
+    completions_first.final_seen(first)
+    completions_first.answered("r", 1)
+    answers_first.answered("r", 1)
+    answers_first.final_seen(first)
+    for both in (completions_first, answers_first):
+        assert both.get("r").final and both.get("r").unanswered is None  # type: ignore[union-attr]
+    newer = AttemptLedger()  # attempt 1 answered, attempt 2's copy lost
+    newer.answered("r", 1)
+    newer.final_seen(second)
+    assert newer.get("r").unanswered is second  # type: ignore[union-attr]
+    mine = AttemptLedger()  # what this replica finished itself is on both topics
+    mine.note("r", 1, final=True)
+    assert mine.get("r").unanswered is None  # type: ignore[union-attr]
