@@ -24,6 +24,7 @@ from infra.cli_infra import start_infra
 from infra.harness import Services
 from infra.local import LocalStack
 from infra.local.kafka import KafkaNode
+from infra.local.procs import read_pid
 from infra.local.ray import RayNode
 from infra.settings import InfraSettings, cluster_profile
 from infra.system import System
@@ -71,10 +72,7 @@ def replicas_by_node(stack: LocalStack) -> dict[str, list[int]]:
 
 
 def _pid(node: KafkaNode | RayNode) -> int | None:
-    try:
-        return int(node.pidfile.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
+    return read_pid(node.pidfile)  # the file holds "pid starttime"
 
 
 def sigkill_node(node: KafkaNode | RayNode) -> None:
@@ -90,7 +88,8 @@ def sigkill_node(node: KafkaNode | RayNode) -> None:
 def sigkill_service(system: System, name: str) -> None:
     """SIGKILL one service instance (`query_api-2`, `processors`, ...), forget its pid."""
     c = system.service(name)
-    pid = int(system.pidfile(c).read_text())
+    pid = read_pid(system.pidfile(c))
+    assert pid is not None, f"{name} is not running"
     os.killpg(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)

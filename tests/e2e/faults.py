@@ -29,6 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from infra.harness import Services
 from infra.local import LocalStack
+from infra.local.procs import read_pid
 from infra.settings import InfraSettings
 from infra.system import System, component
 from schemas import decode
@@ -126,8 +127,8 @@ def cmdline(pid: int) -> str:
 
 
 def component_pid(system: System, name: str) -> int:
-    pid = int(system.pidfile(component(name)).read_text())
-    assert system.running(component(name)), f"{name} is not running"
+    pid = read_pid(system.pidfile(component(name)))  # the file holds "pid starttime"
+    assert pid is not None and system.running(component(name)), f"{name} is not running"
     return pid
 
 
