@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,17 @@ class Tally:
             self.refusals[f"{resp.status_code} {what}"] += 1
         elif resp.status_code >= 500:
             self.unexpected_5xx.append(f"{what} -> {resp.status_code}: {resp.text[:200]!r}")
+
+    def fault(self, name: str, inject: Callable[[], None]) -> None:
+        """Inject one fault and wait for its recovery (`inject` does both), timed; an error
+        is reported, not raised: the run goes on and the checks say more."""
+        t0 = time.monotonic()
+        try:
+            inject()
+        except Exception as exc:
+            self.fault_errors.append(f"{name}: {type(exc).__name__}: {exc}")
+        self.faults[name] += 1
+        self.recoveries_s.setdefault(name, []).append(time.monotonic() - t0)
 
 
 def _openai_error(resp: httpx.Response) -> bool:
@@ -314,13 +326,7 @@ class Faults:
         while not self.stop.wait(every_s) and time.monotonic() < until:
             name = self.order[i % len(self.order)]
             i += 1
-            t0 = time.monotonic()
-            try:
-                getattr(self, name)()
-            except Exception as exc:  # reported: the run goes on and the checks say more
-                self.tally.fault_errors.append(f"{name}: {type(exc).__name__}: {exc}")
-            self.tally.faults[name] += 1
-            self.tally.recoveries_s.setdefault(name, []).append(time.monotonic() - t0)
+            self.tally.fault(name, getattr(self, name))
 
     def replica(self) -> None:
         (pid, *_) = replica_pids(self.system)

@@ -58,13 +58,7 @@ class ClusterFaults:
         for name in self.order:
             if self.stop.wait(every_s):
                 return
-            t0 = time.monotonic()
-            try:
-                getattr(self, name)()
-            except Exception as exc:  # reported: the run goes on and the checks say more
-                self.tally.fault_errors.append(f"{name}: {type(exc).__name__}: {exc}")
-            self.tally.faults[name] += 1
-            self.tally.recoveries_s.setdefault(name, []).append(time.monotonic() - t0)
+            self.tally.fault(name, getattr(self, name))
 
     def broker(self) -> None:
         settings = self.system.settings
