@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+import httpx
 from playwright.sync_api import Locator, Page, expect
 
 
@@ -76,3 +78,18 @@ def readme_shots() -> Path | None:
     """Where the README's screenshots go when this run should (re)write them."""
     where = os.environ.get("CHATLOG_SCREENSHOTS")
     return Path(where) if where else None
+
+
+def stored(api: httpx.Client, cid: str, rid: str) -> dict[str, object]:
+    """The assistant message of `rid` as the API stores it, once history has its end.
+
+    The page learns an answer's end from the stream, which the hub serves ahead of the
+    projection: history may still say `streaming` for a moment, so wait, as a client must."""
+    deadline = time.monotonic() + 30
+    while True:
+        page = api.get(f"/v1/conversations/{cid}/messages").json()
+        mine = [m for m in page["data"] if m["request_id"] == rid and m["role"] == "assistant"]
+        if mine and mine[0]["status"] not in ("queued", "streaming"):
+            return dict(mine[0])
+        assert time.monotonic() < deadline, f"history never ended {rid}: {mine}"
+        time.sleep(0.1)

@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, expect
 from infra.auth import apply_auth_ddl, create_key
 from infra.clients import pg_connect
 from infra.settings import InfraSettings
-from tests.browser.chat import ChatPage, readme_shots
+from tests.browser.chat import ChatPage, readme_shots, stored
 from tests.e2e.conftest import running_system
 
 pytestmark = pytest.mark.slow
@@ -56,8 +56,7 @@ def test_the_real_model_answers_in_the_page(browser: Browser, real: tuple[str, s
     with httpx.Client(
         base_url=origin, headers={"Authorization": f"Bearer {key}"}, timeout=30
     ) as api:
-        data = api.get(f"/v1/conversations/{cid}/messages").json()["data"]
-    (msg,) = [m for m in data if m["request_id"] == rid and m["role"] == "assistant"]
+        msg = stored(api, cid, rid)
     # markdown may format the model's text (emphasis, code): its words are what is shown
     assert shown.strip() and shown.split() == re.sub(r"[*_`#]", "", str(msg["content"])).split()
     chat.screenshot("real-model")

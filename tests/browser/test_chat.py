@@ -12,19 +12,12 @@ from playwright.sync_api import Browser, Dialog, expect
 
 from infra.local.procs import read_pid
 from infra.system import System, component
-from tests.browser.chat import ChatPage
+from tests.browser.chat import ChatPage, stored
 
 # A long prompt: its answer (the prompt echoed, cut at the default 512 tokens, one byte
 # each) takes seconds to write.
 LONG = " ".join(f"word{i}" for i in range(150))
 MAX_TOKENS = 512
-
-
-def stored(api: httpx.Client, cid: str, rid: str) -> dict[str, object]:
-    """The assistant message of `rid` as the API stores it."""
-    page = api.get(f"/v1/conversations/{cid}/messages").json()
-    (msg,) = [m for m in page["data"] if m["request_id"] == rid and m["role"] == "assistant"]
-    return dict(msg)
 
 
 def expected(prompt: str) -> str:
