@@ -32,6 +32,17 @@ CLUSTER_JVM_MEMORY = (
 )
 
 
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: a random UUID in URL-safe base64, never starting with "-"
+    (kafka-storage's argument parser would read it as an option: one start in 64 failed,
+    "argument --cluster-id/-t: expected one argument"; Kafka's own Uuid.randomUuid()
+    redraws for the same reason)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
 class KafkaNode:
     """One local Kafka broker+controller under `home`, listening on `port` (+1 for the controller).
 
@@ -109,7 +120,7 @@ class KafkaNode:
 
     def _cluster_id(self) -> str:
         if len(self.peers) == 1 or not self.cluster_id_file.exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = new_cluster_id()
             if len(self.peers) == 1:
                 return cluster_id
             self.cluster_id_file.parent.mkdir(parents=True, exist_ok=True)
