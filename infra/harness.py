@@ -98,8 +98,9 @@ def _local_services() -> Iterator[Services]:
     already = all(s.healthy for s in stack.status())
     if not already:
         stack.install()
-        stack.start()
     try:
+        if not already:
+            stack.start()  # inside: a start that fails part-way stops what it did start
         yield Services.local(stack)
     finally:
         if not already and os.environ.get("CHATLOG_TEST_KEEP") != "1":
