@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from inference.chunker import Pace
 from inference.engine import Engine, EngineError, StepToken
 from inference.metrics import WorkerMetrics
 from inference.publisher import EventSink
@@ -70,6 +71,7 @@ class Scheduler:
         delivery_retries: int = 3,
         retry_backoff_s: float = 0.5,
         expired: Callable[[PromptSubmitted, int], bool] | None = None,
+        pace: Pace | None = None,
     ) -> None:
         self.engine = engine
         self._pub = publisher
@@ -82,6 +84,7 @@ class Scheduler:
         self._retry_backoff_s = retry_backoff_s
         # A waiting first attempt past its queue deadline is dropped, not started (#14)
         self._expired = expired
+        self._pace = pace  # the requests' chunkers read its interval; the batch size sets it
         self._reruns: set[asyncio.TimerHandle] = set()
         self.waiting: deque[Request] = deque()
         self.running: dict[str, Request] = {}
@@ -190,8 +193,11 @@ class Scheduler:
                 continue
             self._flush_wake.clear()
             timeout = max(0.0, min(dues) - now) if dues else None
+            # asyncio.timeout, not wait_for: on 3.11 a cancel that lands as the wake is set
+            # is swallowed by wait_for, and this loop then waits forever (a stop hangs)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._flush_wake.wait()
 
     # -- internals ----------------------------------------------------------------------
     def _admit(self) -> None:
@@ -371,5 +377,8 @@ class Scheduler:
         )
 
     def _gauges(self) -> None:
+        """Called whenever the batch or the queue changes."""
+        if self._pace is not None:
+            self._pace.update(len(self.running))
         self._metrics.running.set(len(self.running))
         self._metrics.waiting.set(len(self.waiting))

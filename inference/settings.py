@@ -30,7 +30,12 @@ class InferenceSettings(InfraSettings):
     max_batch: int = 16  # requests decoding together in one replica
     max_waiting: int = 16  # admitted but not yet running; beyond this, partitions are paused
     chunk_interval_ms: float = 5.0  # at most one TokenChunk per request per interval...
-    chunk_max_tokens: int = 16  # ...unless this many tokens are pending
+    chunk_max_tokens: int = 64  # ...unless this many tokens are pending
+    # ...and the interval stretches (up to chunk_interval_max_ms) to keep a replica's chunk
+    # events within this many a second: each event costs the same CPU in every part
+    # downstream, whatever its text (inference/chunker.py `Pace`). 0: never stretched.
+    chunk_events_per_s: float = 400.0
+    chunk_interval_max_ms: float = 250.0
     # None: one thread per CPU reserved for the replica (num_cpus). Oversubscribing hurts:
     # on this shared 2-core box 2 threads decoded 4x slower than 1 while others were busy.
     torch_threads: int | None = None

@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from inference.chunker import Chunker
+from inference.chunker import Chunker, Pace
 from inference.detok import IncrementalDetokenizer, StopMatcher
 from inference.engine import Engine, EngineError
 from inference.heartbeat import Heartbeat
@@ -76,6 +76,11 @@ class ReplicaWorker:
             max_bytes=settings.publisher_max_bytes,
             metrics=self.metrics,
         )
+        self.pace = Pace(
+            settings.chunk_interval_ms / 1000,
+            settings.chunk_events_per_s,
+            settings.chunk_interval_max_ms / 1000,
+        )
         self.scheduler = Scheduler(
             engine,
             self.publisher,
@@ -87,6 +92,7 @@ class ReplicaWorker:
             delivery_retries=settings.delivery_retries,
             retry_backoff_s=settings.delivery_backoff_s,
             expired=self._expired,
+            pace=self.pace,
         )
         self._beat_producer = aio_producer(settings)
         self.heartbeat = Heartbeat(
@@ -312,7 +318,7 @@ class ReplicaWorker:
             prepared=None,
             detok=IncrementalDetokenizer(self.engine.decode),
             stops=StopMatcher(prompt.params.stop),
-            chunker=Chunker(s.chunk_interval_ms / 1000, s.chunk_max_tokens),
+            chunker=Chunker(self.pace, s.chunk_max_tokens),
         )
         params = replace(prompt.params, temperature=0.0) if s.greedy else prompt.params
         try:

@@ -352,8 +352,9 @@ class Runner:
         """A dependency is down: not poison. Wait, keep the batch, try again."""
         metrics.TRANSIENT_FAILURES.labels(self.projection.name).inc()
         log.warning("%s: transient failure, retrying in 1s: %r", self.projection.name, exc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+        with contextlib.suppress(TimeoutError):  # not wait_for: it can swallow a cancel
+            async with asyncio.timeout(1.0):
+                await self._stopping.wait()
         if self._stopping.is_set():
             raise asyncio.CancelledError
 

@@ -7,7 +7,7 @@ import contextlib
 
 import pytest
 
-from inference.chunker import Chunker
+from inference.chunker import Chunker, Pace
 from inference.detok import IncrementalDetokenizer, StopMatcher
 from inference.engine import EngineError
 from inference.metrics import WorkerMetrics
@@ -42,7 +42,7 @@ class ListSink:
 
 
 @contextlib.asynccontextmanager
-async def running(engine, max_batch=8):
+async def running(engine, max_batch=8, pace=None):
     sink, done = ListSink(), list[Request]()
     sched = Scheduler(
         engine,
@@ -51,6 +51,7 @@ async def running(engine, max_batch=8):
         replica_id="r",
         max_batch=max_batch,
         on_done=done.append,
+        pace=pace,
     )
     tasks = [asyncio.create_task(sched.run()), asyncio.create_task(sched.run_flusher())]
     try:
@@ -61,7 +62,7 @@ async def running(engine, max_batch=8):
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def request(engine, rid, text, max_tokens=100, stop=(), offset=0):
+def request(engine, rid, text, max_tokens=100, stop=(), offset=0, pace=None, chunk_tokens=4):
     prompt = PromptSubmitted(
         request_id=rid,
         conversation_id="c-" + rid,
@@ -78,7 +79,7 @@ def request(engine, rid, text, max_tokens=100, stop=(), offset=0):
         prepared=engine.prepare(prompt.messages, prompt.params),
         detok=IncrementalDetokenizer(engine.decode),
         stops=StopMatcher(stop),
-        chunker=Chunker(0.002, 4),
+        chunker=Chunker(pace or Pace(0.002), chunk_tokens),
     )
 
 
@@ -151,6 +152,51 @@ async def test_batch_joins_between_steps_up_to_max():
     assert max(seen) == 3
     for i in range(5):
         assert text_of(sink.of(f"r{i}")) == f"Echo: prompt {i}"
+
+
+async def test_a_full_batch_coalesces_more_tokens_per_chunk_and_streams_the_same_text():
+    """40 requests of 100 tokens at 200 tokens/s: token by token that is 4,000 chunk events
+    in 0.5 s; the pace's budget (400 events/s over 40 running: one chunk per 100 ms
+    each) sends a few per request instead, the first still at once."""
+
+    async def run(pace):
+        engine = ScriptedEngine(token_rate=200, repeat=10)
+        async with running(engine, max_batch=40, pace=pace) as (sched, sink, done):
+            for i in range(40):
+                sched.submit(
+                    request(engine, f"r{i}", "abcde", offset=i, pace=pace, chunk_tokens=64)
+                )
+            await until(lambda: len(done) == 40, timeout=20)
+        return sink
+
+    paced = await run(Pace(0.002, events_per_s=400, max_s=0.25))
+    unpaced = await run(Pace(0.002))
+    for i in range(40):
+        assert (
+            text_of(paced.of(f"r{i}"))
+            == text_of(unpaced.of(f"r{i}"))
+            == ("Echo: abcde " * 10)[:100]
+        )
+        first = next(e for e in paced.of(f"r{i}") if isinstance(e, TokenChunk))
+        assert first.token_count == 1  # time to first token: not held back
+    chunks = [len([e for e in s.events if isinstance(e, TokenChunk)]) for s in (paced, unpaced)]
+    assert chunks[0] * 4 < chunks[1], chunks
+
+
+def test_pace_stretches_with_the_batch_within_its_bounds():
+    pace = Pace(0.005, events_per_s=400, max_s=0.25)
+    assert pace.interval == 0.005
+    pace.update(1)  # 1 / 400 s is below the base
+    assert pace.interval == 0.005
+    pace.update(40)
+    assert pace.interval == 0.1
+    pace.update(1000)
+    assert pace.interval == 0.25
+    pace.update(0)
+    assert pace.interval == 0.005
+    fixed = Pace(0.005)
+    fixed.update(1000)
+    assert fixed.interval == 0.005
 
 
 async def test_engine_failure_fails_the_batch_and_the_scheduler_lives_on():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from inference.chunker import Chunker
+from inference.chunker import Chunker, Pace
 from inference.detok import IncrementalDetokenizer, StopMatcher
 from inference.scripted import EOS, ScriptedEngine
 
@@ -59,7 +59,7 @@ def test_stop_matcher_across_pieces_and_flush():
 
 
 def test_chunker_first_chunk_at_once_then_by_interval_and_size():
-    c = Chunker(interval_s=0.005, max_tokens=3)
+    c = Chunker(Pace(0.005), max_tokens=3)
     c.add("a", 1)
     first = c.take_due(10.0)
     assert first is not None and (first.seq, first.text, first.token_count) == (0, "a", 1)
@@ -75,7 +75,7 @@ def test_chunker_first_chunk_at_once_then_by_interval_and_size():
 
 
 def test_chunker_sends_nothing_without_text():
-    c = Chunker(0.005, 16)
+    c = Chunker(Pace(0.005), 16)
     c.add("", 2)
     assert c.due_at() is None and c.take(1.0) is None
 
