@@ -227,10 +227,10 @@ def cpu_by_service(system: System) -> dict[str, float]:
 
 
 def profile(system: System, directory: Path, seconds: float) -> list[subprocess.Popen[bytes]]:
-    """py-spy (collapsed stacks) on the command and query APIs for `seconds`."""
+    """py-spy (collapsed stacks) on the two APIs and the processors for `seconds`."""
     directory.mkdir(parents=True, exist_ok=True)
     procs = []
-    for name in ("command_api", "query_api"):
+    for name in ("command_api", "query_api", "processors"):
         pid = read_pid(system.pidfile(system.service(name)))
         out = directory / f"{name}.txt"
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")

@@ -25,7 +25,7 @@ class Availability:
     def __init__(self, settings: CommandSettings, registry: CollectorRegistry) -> None:
         self._settings = settings
         self.view = ReplicaView(
-            settings.kafka_bootstrap,
+            settings.aiokafka_options(),
             settings.topics.replicas,
             settings.replica_stale_s,
             settings.partitions,

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -103,11 +104,14 @@ class ReplicaTable:
 
 
 class ReplicaView:
-    """A ReplicaTable fed by a group-less consumer of chat.replicas (from the beginning)."""
+    """A ReplicaTable fed by a group-less consumer of chat.replicas (from the beginning).
 
-    def __init__(self, bootstrap: str, topic: str, stale_s: float, partitions: int) -> None:
+    `kafka` is `InfraSettings.aiokafka_options()`: the bootstrap list and the security
+    settings (a SASL/TLS cluster refuses a consumer that has only the bootstrap list)."""
+
+    def __init__(self, kafka: dict[str, Any], topic: str, stale_s: float, partitions: int) -> None:
         self.table = ReplicaTable(stale_s)
-        self._bootstrap, self._topic, self._partitions = bootstrap, topic, partitions
+        self._kafka, self._topic, self._partitions = kafka, topic, partitions
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -122,7 +126,7 @@ class ReplicaView:
 
     async def _connect(self) -> AIOKafkaConsumer:
         while True:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+            consumer = AIOKafkaConsumer(**self._kafka, enable_auto_commit=False)
             try:
                 await consumer.start()
                 return consumer

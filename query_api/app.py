@@ -64,7 +64,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await wait_for_dependencies(state)
         state.replicas = ReplicaView(
-            settings.kafka_bootstrap,
+            settings.aiokafka_options(),
             settings.topics.replicas,
             settings.replica_stale_s,
             settings.partitions,

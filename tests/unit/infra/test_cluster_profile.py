@@ -91,3 +91,23 @@ def test_kafka_security_settings_reach_every_client_library_in_its_own_spelling(
     plain = InfraSettings()
     assert plain.confluent_kafka_config()["security.protocol"] == "PLAINTEXT"
     assert "ssl_context" not in plain.aiokafka_options() and plain.faust_credentials() is None
+
+
+def test_no_service_builds_a_kafka_client_from_the_bootstrap_list_alone() -> None:
+    """Every Kafka client of the services takes `aiokafka_options()` or
+    `confluent_kafka_config()`: one built from `bootstrap_servers` alone cannot connect
+    to a SASL/TLS cluster (the replica view of the APIs did that, and `/v1/models` and
+    the breakers would have seen no replica there)."""
+    root = Path(__file__).resolve().parents[3]
+    allowed = {"infra/settings.py", "infra/harness.py"}  # the one spelling; the test stack's admin
+    offenders = []
+    for package in ("command_api", "query_api", "processors", "inference", "infra", "schemas"):
+        for path in sorted((root / package).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel in allowed or rel.startswith("infra/local/"):  # the local engines' own admin
+                continue
+            text = path.read_text()
+            for needle in ("bootstrap_servers=", '"bootstrap.servers"'):
+                if needle in text:
+                    offenders.append(f"{rel}: {needle}")
+    assert offenders == []
