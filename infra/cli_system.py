@@ -79,6 +79,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 chatlog is up ({time.monotonic() - started:.0f}s).
   chat page:            {base.removesuffix("/v1")}/  (sign in with the key below)
   base URL:             {base}
+  models:               {", ".join(settings.model_ids)}
   API key for user '{DEMO_USER}': {key}
   logs: chatlog logs <component>   stop: chatlog down   health: chatlog status
 
