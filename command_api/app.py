@@ -163,7 +163,9 @@ async def _running(settings: CommandSettings, metrics: Metrics) -> AsyncIterator
             store=store,
             read_model=read_model,
             log=log_,
-            prompts=PromptService(settings, store, read_model, log_, metrics),
+            prompts=PromptService(
+                settings, store, read_model, log_, metrics, gate=availability.check
+            ),
             streams=StreamSource(http, not_found_grace_s=settings.continuation_wait_s),
             resolver=KeyResolver(ttl_s=0),  # AuthCache is the one cache: bounds never stack
             metrics=metrics,

@@ -31,6 +31,7 @@ from command_api import ratelimit
 from command_api.errors import ConversationBusy, IdempotencyInProgress, IdempotencyKeyReused
 from command_api.eventlog import EventLog
 from command_api.metrics import Metrics
+from command_api.quota import check_token_quota
 from command_api.readmodel import ReadModel, compose
 from command_api.settings import CommandSettings
 from command_api.store import Admission, CommandStore, body_hash
@@ -105,12 +106,14 @@ class PromptService:
         read_model: ReadModel,
         log: EventLog,
         metrics: Metrics,
+        gate: Callable[[str], None] | None = None,
     ) -> None:
         self._s = settings
         self._store = store
         self._read = read_model
         self._log = log
         self._metrics = metrics
+        self._gate = gate  # the model's breaker (command_api.availability): raises 503
 
     async def submit(
         self,
@@ -122,20 +125,19 @@ class PromptService:
         idempotency_key: str | None,
         traceparent: str,
         branching: Branching | None = None,
-        gate: Callable[[], None] | None = None,
     ) -> Accepted:
         """Accept a prompt (or replay the one accepted under the same Idempotency-Key).
 
         `user_id` may be None (the caller's key not cached) only for a new conversation
         without Idempotency-Key: admission then resolves `key_hash` in the same round trip.
-        `gate` (the model's breaker) may refuse a NEW prompt; a replay is answered whatever
-        it says, since that prompt was accepted already (a client retrying it during an
-        outage must learn its request id, not get a 503 and give up on it).
+        The model's breaker and the user's token quota may refuse a NEW prompt
+        (`_may_start`); a replay is answered whatever they say, since that prompt was
+        accepted already (a client retrying it during an outage must learn its request id,
+        not get a 503 and give up on it).
         """
         request_id = new_request_id()
         if idempotency_key is None:
-            if gate is not None:
-                gate()
+            await self._may_start(user_id, prompt.model)
             return await self._accept(
                 user_id, key_hash, prompt, request_id, None, traceparent, branching
             )
@@ -177,8 +179,7 @@ class PromptService:
                 headers={"Retry-After": "1"},
             )
         try:
-            if gate is not None:
-                gate()
+            await self._may_start(user_id, prompt.model)
             accepted = await self._accept(
                 user_id, key_hash, prompt, request_id, idempotency_key, traceparent, branching
             )
@@ -187,6 +188,18 @@ class PromptService:
             raise
         await self._complete(user_id, idempotency_key, accepted)
         return accepted
+
+    async def _may_start(self, user_id: str | None, model: str) -> None:
+        """Every route's new prompts pass here: chat completions, Responses, regenerate and
+        edit. 503 `model_unavailable` while the model's breaker is open; 429
+        `insufficient_quota` once the user's metered tokens today reach the quota."""
+        if self._gate is not None:
+            self._gate(model)
+        quota = self._s.token_quota_per_day
+        if quota > 0:
+            if user_id is None:
+                raise ValueError("a token quota needs the caller resolved first")
+            await check_token_quota(self._store.pool, user_id, quota)
 
     async def _complete(self, user_id: str, key: str, accepted: Accepted) -> None:
         """Mark the key done. The event is in the log whatever happens here, so a failure

@@ -10,7 +10,6 @@ A switch is a BranchSwitched naming the new leaf, so a replay reproduces it.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 from typing import Annotated, Any
 
@@ -21,7 +20,6 @@ from pydantic import BaseModel, Field
 from command_api.deps import Ctx, CurrentUser
 from command_api.errors import ConversationBusy
 from command_api.prompts import Branching
-from command_api.quota import check_token_quota
 from command_api.routes.conversations import owned
 from command_api.tracing import traceparent_for
 from command_api.validation import check_text, parse_body, path_id
@@ -79,9 +77,6 @@ async def _branch(
     prompt = parse_body(raw, ctx.settings)
     # What an Idempotency-Key's body hash covers: the settings and which branch of what.
     keyed = json.dumps({**json.loads(raw), "branch": branching.branch, "of": sibling}).encode()
-    quota = ctx.settings.token_quota_per_day
-    if quota > 0:
-        await check_token_quota(ctx.pool, user, quota)
     accepted = await ctx.prompts.submit(
         user_id=user,
         prompt=prompt,
@@ -89,7 +84,6 @@ async def _branch(
         idempotency_key=idempotency_key,
         traceparent=traceparent_for(traceparent),
         branching=branching,
-        gate=functools.partial(ctx.availability.check, model),  # as chat completions
     )
     body_out = {**accepted.body(), "branch": branching.branch, "sibling_of": sibling}
     headers = {**accepted.rate_headers, "x-request-id": accepted.request_id}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -14,7 +13,6 @@ from command_api.deps import Context, Ctx, CurrentUser, current_user, get_contex
 from command_api.errors import GatewayTimeout, UpstreamUnavailable
 from command_api.openai_format import ChunkStream, CompletionError, collect
 from command_api.prompts import Accepted
-from command_api.quota import check_token_quota
 from command_api.tracing import traceparent_for
 from command_api.validation import parse_body, path_id
 from infra.auth import hash_key, is_session
@@ -62,11 +60,9 @@ async def create_chat_completion(request: Request) -> Response:
         prompt = parse_body(raw, ctx.settings)
         # Admission resolves API keys only: a session (the gateway's cookie) is resolved here.
         early = idempotency_key is not None or prompt.conversation_id is not None
-        quota = ctx.settings.token_quota_per_day
-        if user is None and (early or is_session(key) or quota > 0):
+        # (the token quota, checked by the prompt service, needs the user too)
+        if user is None and (early or is_session(key) or ctx.settings.token_quota_per_day > 0):
             user = await current_user(ctx, authorization)
-        if quota > 0 and user is not None:
-            await check_token_quota(ctx.pool, user, quota)
         accepted = await ctx.prompts.submit(
             user_id=user,
             key_hash="" if user is not None else hash_key(key),
@@ -74,8 +70,6 @@ async def create_chat_completion(request: Request) -> Response:
             raw=raw,
             idempotency_key=idempotency_key,
             traceparent=traceparent_for(traceparent),
-            # 503 model_unavailable for a new prompt (nothing is accepted); a replay passes
-            gate=functools.partial(ctx.availability.check, prompt.model),
         )
     except ApiError as exc:
         if user is None and not isinstance(exc, Unauthorized):

@@ -16,7 +16,6 @@ responses is one conversation; ConversationDeleted is the log's only deletion).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -28,7 +27,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from command_api.deps import Context, Ctx, CurrentUser, current_user, get_context
 from command_api.errors import GatewayTimeout, UpstreamUnavailable
-from command_api.quota import check_token_quota
 from command_api.routes.completions import cancel_chat_completion, read_body, wants_async
 from command_api.routes.conversations import delete_conversation
 from command_api.tracing import traceparent_for
@@ -171,16 +169,12 @@ async def create_response(request: Request) -> JSONResponse | StreamingResponse:
         prompt = parse_body(raw, ctx.settings)
     except BadRequest as exc:
         raise _param(exc, bool(body.instructions)) from exc
-    quota = ctx.settings.token_quota_per_day
-    if quota > 0:
-        await check_token_quota(ctx.pool, user, quota)
     accepted = await ctx.prompts.submit(
         user_id=user,
         prompt=prompt,
         raw=raw,
         idempotency_key=request.headers.get("idempotency-key"),
         traceparent=traceparent_for(request.headers.get("traceparent")),
-        gate=functools.partial(ctx.availability.check, prompt.model),  # as chat completions
     )
     headers = {**accepted.rate_headers, "x-request-id": accepted.request_id}
     rid = accepted.request_id

@@ -58,6 +58,24 @@ async def test_a_user_past_the_quota_gets_insufficient_quota(infra_settings, new
             assert refused.json()["error"]["code"] == "insufficient_quota"
 
 
+async def test_a_retry_of_an_accepted_prompt_is_answered_past_the_quota(infra_settings, new_user) -> None:  # type: ignore[no-untyped-def]
+    """The prompt was accepted before the quota ran out: its retry (same Idempotency-Key)
+    must learn that request's id, not a 429 that makes the client give up on it."""
+    settings = command_settings(infra_settings, token_quota_per_day=10)
+    user, headers = new_user()
+    keyed = {**headers, "Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    async with running_client(settings) as client:
+        first = await client.post("/v1/chat/completions", json=prompt(), headers=keyed)
+        assert first.status_code == 202, first.text
+        metered(settings, user, datetime.now(UTC).date(), 6, 4)  # its answer spent the quota
+        again = await client.post("/v1/chat/completions", json=prompt(), headers=keyed)
+        assert again.status_code == 202, again.text
+        assert again.json()["id"] == first.json()["id"]
+        assert again.headers["idempotent-replayed"] == "true"
+        new = await client.post("/v1/chat/completions", json=prompt(), headers=headers)
+        assert new.status_code == 429, new.text
+
+
 async def test_quotas_are_off_by_default(infra_settings, new_user) -> None:  # type: ignore[no-untyped-def]
     settings = command_settings(infra_settings)
     user, headers = new_user()
