@@ -260,6 +260,8 @@ def summary(samples: list[Sample]) -> dict[str, float]:
         "overhead_p50": pct(overhead, 50),
         "overhead_p99": pct(overhead, 99),
         "overhead_mean": statistics.fmean(overhead) if overhead else float("nan"),
+        # content frames per prompt: one per TokenChunk event of its answer
+        "chunks_per_prompt": statistics.fmean(s.chunks for s in samples) if samples else 0.0,
     }
 
 
@@ -287,6 +289,14 @@ async def run(args: argparse.Namespace, system: System, key: str) -> dict:
         results["gateway_reads"] = await read_latency(reads, warm.request_id, args.read_rounds)
         print(json.dumps(results["gateway_reads"], indent=1), flush=True)
         paths = {"gateway": gateway, "direct": direct} if args.compare else {"gateway": gateway}
+        if args.idle > 0:  # what each service burns with no prompt at all (its loops)
+            idle_before = cpu_by_service(system)
+            await asyncio.sleep(args.idle)
+            results["idle_cpu_ms_per_s"] = {
+                name: (cpu - idle_before.get(name, 0.0)) * 1000 / args.idle
+                for name, cpu in cpu_by_service(system).items()
+            }
+            print(json.dumps(results["idle_cpu_ms_per_s"]), flush=True)
         spies = profile(system, args.profile, args.duration) if args.profile else []
         cpu_before = cpu_by_service(system)
         samples = await open_loop(paths, args.rate, args.duration, args.tokens, hops, query)
@@ -356,7 +366,13 @@ def main() -> None:
     )
     parser.add_argument("--rate", type=float, default=10.0, help="open-loop prompts per second")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
-    parser.add_argument("--levels", type=int, nargs="+", default=[10, 25, 50, 100, 150, 200])
+    parser.add_argument(
+        "--levels",
+        type=int,
+        nargs="*",
+        default=[10, 25, 50, 100, 150, 200],
+        help="closed-loop concurrencies (none: the open loop only)",
+    )
     parser.add_argument("--tokens", type=int, default=64, help="max_tokens per prompt")
     parser.add_argument(
         "--token-rate", type=float, default=20.0, help="scripted tokens/s per sequence"
@@ -372,6 +388,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy the APIs in the open loop, into DIR"
+    )
+    parser.add_argument(
+        "--idle", type=float, default=0.0, help="seconds of no load to measure idle CPU"
     )
     parser.add_argument("--png", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
