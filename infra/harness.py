@@ -180,12 +180,12 @@ def isolated_settings(services: Services, name: str) -> Iterator[InfraSettings]:
     try:
         yield settings
     finally:
-        _delete_topics(services.kafka_bootstrap, list(settings.topics.all()))
+        delete_topics(services.kafka_bootstrap, list(settings.topics.all()))
         with psycopg.connect(services.postgres_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{slug}" WITH (FORCE)')  # type: ignore[arg-type]
 
 
-def _delete_topics(bootstrap: str, topics: list[str]) -> None:
+def delete_topics(bootstrap: str, topics: list[str]) -> None:
     """Delete and WAIT, holding the client: a request in flight dies with its AdminClient
     (its futures do not keep it alive), and the topics pile up on the shared broker
     (1,500 leftover topics made every broker task slower)."""

@@ -34,6 +34,7 @@ from schemas.errors import EventDecodeError
 from schemas.events import Event
 
 log = logging.getLogger(__name__)
+CLIENT_STOP_TIMEOUT_S = 5.0
 TP = tuple[str, int]
 Item = tuple[ConsumerRecord[bytes, bytes], Event | None]  # None: dead-lettered already
 
@@ -116,10 +117,14 @@ class Runner:
                 await self.seek(tps)
             await self._loop(consumer)
         finally:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            with contextlib.suppress(Exception):
-                await self._producer.stop()
+            # aiokafka's stop() can wait forever: with the topics deleted, its metadata
+            # refresh spins and the stop waits on it, and SIGTERM never ended the process.
+            # A stop must end: each client gets a bounded time, then is left to the loop's
+            # shutdown (which cancels what is left of it).
+            for client in (consumer, self._producer):
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(CLIENT_STOP_TIMEOUT_S):
+                        await client.stop()
 
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
         # Two stages overlap: while batch N is in Postgres (awaiting I/O), batch N+1 is
