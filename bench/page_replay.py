@@ -183,7 +183,8 @@ def one(browser: Browser, server: StandIn, trace: bool) -> dict[str, Any]:
     page.locator("article.msg.assistant[data-status=finished]").wait_for()
     end = float(page.evaluate("performance.now()"))
     cpu = trace_tasks(browser.stop_tracing())["cpu"] if trace else None
-    tasks = [t for t in page.evaluate("window.__longTasks") if t["start"] >= start]
+    every = page.evaluate("window.__longTasks")
+    tasks = [t for t in every if t["start"] >= start]
     shown = page.locator("article.msg.assistant .md").last.inner_text()
     ctx.close()
     return {
@@ -191,6 +192,7 @@ def one(browser: Browser, server: StandIn, trace: bool) -> dict[str, Any]:
         "chars_shown": len(shown),
         "long_tasks_over_50ms": len(tasks),
         "longest_task_ms": round(max((t["ms"] for t in tasks), default=0)),
+        "load_to_enter_long_tasks_ms": [round(t["ms"]) for t in every if t["start"] < start],
         "task_cpu_ms": cpu,
     }
 
