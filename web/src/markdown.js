@@ -87,7 +87,8 @@ const WARM_UP = [
 ];
 
 /**
- * Renders samples while the page is idle, one small one per idle callback. The first use
+ * Renders samples while the page is idle, small ones, as many as an idle period has room
+ * for (a callback registered in one runs in the next: one each would take ~1 s). The first use
  * of marked's rules and of DOMPurify compiles them (~20 ms of CPU in one go, measured):
  * without this, a new chat's first answer frame paid for it, a long task right after
  * Enter; done whole while idle, it was one after load. In steps, no step is long.
@@ -96,10 +97,12 @@ export function warmUp() {
   const idle = window.requestIdleCallback || ((f) => setTimeout(f, 50));
   const steps = WARM_UP.map((text) => () => new BlockRenderer().update(document.createElement("div"), text));
   steps.push(() => renderMarkdown("a")); // the sanitizer's string output, as stored answers use
-  const next = () => {
-    const step = steps.shift();
-    if (!step) return;
-    step();
+  const next = (deadline) => {
+    do {
+      const step = steps.shift();
+      if (!step) return;
+      step();
+    } while (deadline && deadline.timeRemaining() > 25); // a step takes ~1-12 ms
     idle(next);
   };
   idle(next);
