@@ -175,7 +175,7 @@ def one(browser: Browser, server: StandIn, trace: bool) -> dict[str, Any]:
     page.goto("/")
     box = page.get_by_label("Message", exact=True)
     box.fill(PROMPT)
-    page.wait_for_timeout(500)  # a person takes longer to type: the page is idle by then
+    page.wait_for_timeout(1500)  # a person takes longer to type: the page is idle by then
     if trace:
         browser.start_tracing(page=page, categories=TRACE_CATEGORIES)
     start = float(page.evaluate("performance.now()"))
