@@ -2,6 +2,7 @@
 whole system with the scripted engine, through the gateway:
 
     CHATLOG_TEST_KEEP=1 .venv/bin/python -m bench.page [--loads 7] [--tokens 2000] [--rate 400]
+        [--trace /tmp/page-trace.json]
 
 1. Page weight: the compressed bytes of everything the page loads (`encodedBodySize` of
    the navigation and its resources, gzip as the gateway sends it).
@@ -10,7 +11,10 @@ whole system with the scripted engine, through the gateway:
    max of `--loads` loads.
 3. Long tasks while a `--tokens`-token answer streams in at `--rate` tokens/s: every
    main-thread task over 50 ms (the browser's Long Tasks API), from Enter to the stored
-   answer on screen.
+   answer on screen. With `--trace FILE`, Chromium's performance trace of that stream is
+   saved, and each long task is told apart: its wall time against the main thread's CPU
+   time in it (on a loaded machine the gap is the OS not running the browser), and where
+   that CPU time went (script, style, layout, paint, GC: self time per trace event).
 Uses the test stack through the harness (a private topic prefix / database, removed after).
 """
 
@@ -21,6 +25,7 @@ import json
 import shutil
 import statistics
 import tempfile
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +65,96 @@ def fcp(page: Page) -> float:
     )
 
 
-def run(origin: str, key: str, loads: int, tokens: int) -> dict[str, Any]:
+TRACE_CATEGORIES = [
+    "toplevel",
+    "devtools.timeline",
+    "disabled-by-default-devtools.timeline",
+    "blink.user_timing",
+    "v8",
+    "v8.execute",
+]
+TASKS = {"RunTask", "ThreadControllerImpl::RunTask"}
+
+
+def _detail(e: dict[str, Any]) -> str:
+    """What a trace event was about: the event type, the script's function, the timer."""
+    data = e.get("args", {}).get("data", {}) or {}
+    what = data.get("type") or data.get("functionName") or ""
+    return f"{e['name']}({what})" if what else str(e["name"])
+
+
+def trace_tasks(trace: bytes, over_ms: float = 50.0) -> dict[str, Any]:
+    """The renderers' main-thread tasks in a Chromium trace: how many, how long, and for
+    each one over `over_ms`, its wall and CPU time and its self CPU time per event name."""
+    events = json.loads(trace)["traceEvents"]
+    mains = {
+        (e["pid"], e["tid"])
+        for e in events
+        if e.get("ph") == "M"
+        and e.get("name") == "thread_name"
+        and e["args"].get("name") == "CrRendererMain"
+    }
+    by_thread: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
+    for e in events:
+        if e.get("ph") == "X" and (e["pid"], e["tid"]) in mains and "dur" in e:
+            by_thread[(e["pid"], e["tid"])].append(e)
+    durations: list[float] = []
+    cpu: list[float] = []
+    long: list[dict[str, Any]] = []
+    for evs in by_thread.values():
+        evs.sort(key=lambda e: (e["ts"], -e["dur"]))
+        tasks, end = [], -1.0
+        for e in evs:  # the outermost ones: a RunTask nests in ThreadControllerImpl::RunTask
+            if e["name"] in TASKS and e["ts"] >= end:
+                tasks.append(e)
+                end = e["ts"] + e["dur"]
+        durations += [t["dur"] / 1000 for t in tasks]
+        cpu += [t.get("tdur", 0) / 1000 for t in tasks]
+        for t in tasks:
+            if t["dur"] / 1000 <= over_ms:
+                continue
+            inside = [
+                e for e in evs if t["ts"] <= e["ts"] and e["ts"] + e["dur"] <= t["ts"] + t["dur"]
+            ]
+            self_us: dict[str, float] = defaultdict(float)
+            stack: list[dict[str, Any]] = []
+            for e in inside:
+                while stack and e["ts"] >= stack[-1]["ts"] + stack[-1]["dur"]:
+                    stack.pop()
+                if stack:
+                    self_us[_detail(stack[-1])] -= e.get("tdur", e["dur"])
+                self_us[_detail(e)] += e.get("tdur", e["dur"])
+                stack.append(e)
+            top = sorted(self_us.items(), key=lambda kv: -kv[1])[:8]
+            long.append(
+                {
+                    "wall_ms": round(t["dur"] / 1000, 1),
+                    "cpu_ms": round(t.get("tdur", 0) / 1000, 1),
+                    "self_ms": {k: round(v / 1000, 1) for k, v in top},
+                }
+            )
+    durations.sort()
+    cpu.sort()
+    n = len(durations)
+    return {
+        "tasks": n,
+        "wall": {
+            "sum_ms": round(sum(durations)),
+            "p99_ms": round(durations[int(n * 0.99)], 1) if n else 0,
+            "max_ms": round(durations[-1], 1) if n else 0,
+            "over_50ms": sum(1 for d in durations if d > over_ms),
+        },
+        "cpu": {
+            "sum_ms": round(sum(cpu)),
+            "p99_ms": round(cpu[int(n * 0.99)], 1) if n else 0,
+            "max_ms": round(cpu[-1], 1) if n else 0,
+            "over_50ms": sum(1 for d in cpu if d > over_ms),
+        },
+        "long": long,
+    }
+
+
+def run(origin: str, key: str, loads: int, trace: str | None) -> dict[str, Any]:
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     out: dict[str, Any] = {}
     with sync_playwright() as p:
@@ -83,11 +177,12 @@ def run(origin: str, key: str, loads: int, tokens: int) -> dict[str, Any]:
             signed_in.append(fcp(page))
             sidebar.append(float(page.evaluate("performance.now()")))
             ctx.close()
-        out["first_paint_ms"] = {
-            "signed_out": {"median": statistics.median(signed_out), "max": max(signed_out)},
-            "signed_in": {"median": statistics.median(signed_in), "max": max(signed_in)},
-            "signed_in_sidebar_drawn_by": {"median": statistics.median(sidebar)},
-        }
+        if loads:
+            out["first_paint_ms"] = {
+                "signed_out": {"median": statistics.median(signed_out), "max": max(signed_out)},
+                "signed_in": {"median": statistics.median(signed_in), "max": max(signed_in)},
+                "signed_in_sidebar_drawn_by": {"median": statistics.median(sidebar)},
+            }
 
         ctx = browser.new_context(base_url=origin)
         ctx.add_init_script(LONG_TASKS)
@@ -102,10 +197,16 @@ def run(origin: str, key: str, loads: int, tokens: int) -> dict[str, Any]:
         prompt = PROMPT
         box = page.get_by_label("Message", exact=True)
         box.fill(prompt)
+        if trace:
+            browser.start_tracing(page=page, categories=TRACE_CATEGORIES)
         start = float(page.evaluate("performance.now()"))
         box.press("Enter")
         page.locator("article.msg.assistant[data-status=finished]").wait_for()
         end = float(page.evaluate("performance.now()"))
+        if trace:
+            raw = browser.stop_tracing()
+            Path(trace).write_bytes(raw)
+            out["trace"] = trace_tasks(raw)
         tasks = [t for t in page.evaluate("window.__longTasks") if t["start"] >= start]
         shown = page.locator("article.msg.assistant .md").last.inner_text()
         stored = page.evaluate(
@@ -131,9 +232,10 @@ def run(origin: str, key: str, loads: int, tokens: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--loads", type=int, default=7)
+    parser.add_argument("--loads", type=int, default=7, help="0: the stream only")
     parser.add_argument("--tokens", type=int, default=2000)
     parser.add_argument("--rate", type=int, default=400, help="scripted tokens/s")
+    parser.add_argument("--trace", help="save Chromium's trace of the stream here (JSON)")
     args = parser.parse_args()
     env = {
         "CHATLOG_SCRIPTED_TOKEN_RATE": str(args.rate),
@@ -149,7 +251,7 @@ def main() -> None:
         with pg_connect(settings) as conn:
             apply_auth_ddl(conn)
             key = create_key(conn, "bench")
-        result = run(system.base_url.removesuffix("/v1"), key, args.loads, args.tokens)
+        result = run(system.base_url.removesuffix("/v1"), key, args.loads, args.trace)
     print(json.dumps(result, indent=2))
 
 

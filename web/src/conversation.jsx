@@ -1,13 +1,24 @@
 // The conversation: its current branch, the live answer, the composer. User text is shown
 // as text; answers as sanitized markdown (markdown.js). The live answer is an aria-live
 // region, so a screen reader hears it as it is written.
-import { useEffect, useMemo, useRef, useState } from "preact/hooks";
-import { renderMarkdown } from "./markdown.js";
+import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "preact/hooks";
+import { BlockRenderer, renderMarkdown } from "./markdown.js";
 import { Icon } from "./icons.jsx";
 
 function Markdown({ text }) {
   const html = useMemo(() => renderMarkdown(text), [text]);
   return <div class="md" dangerouslySetInnerHTML={{ __html: html }} />;
+}
+
+/** The answer being written: only its open last block is redrawn (BlockRenderer). */
+function LiveMarkdown({ text }) {
+  const el = useRef(null);
+  const blocks = useRef(null);
+  useLayoutEffect(() => {
+    if (!blocks.current) blocks.current = new BlockRenderer();
+    blocks.current.update(el.current, text);
+  }, [text]);
+  return <div class="md" ref={el} />;
 }
 
 function Switcher({ msg, onSwitch }) {
@@ -67,7 +78,7 @@ function AssistantMessage({ msg, live, busy, onRegenerate, onSwitch }) {
     <article class={`msg assistant${writing ? " writing" : ""}`} aria-label="Answer" data-request-id={msg.request_id}
       data-status={live ? live.state : msg.status}
       aria-live={live ? "polite" : undefined} aria-busy={writing ? "true" : undefined}>
-      {text ? <Markdown text={text} /> : writing && <p class="thinking">…</p>}
+      {text ? (live ? <LiveMarkdown text={text} /> : <Markdown text={text} />) : writing && <p class="thinking">…</p>}
       {state && STATE_WORDS[state] && (
         <p class={`state ${state}`} role="status">{live && live.error ? live.error : STATE_WORDS[state]}</p>
       )}

@@ -6,6 +6,7 @@ import * as API from "./api.js";
 import { AnswerStream } from "./stream.js";
 import { Sidebar } from "./sidebar.jsx";
 import { Conversation } from "./conversation.jsx";
+import { warmUp } from "./markdown.js";
 
 const RESUME_KEY = "chatlog.resume";
 const MODEL_KEY = "chatlog.model";
@@ -320,3 +321,4 @@ function App() {
 }
 
 render(<App />, document.getElementById("app"));
+warmUp();
