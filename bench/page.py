@@ -29,7 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, sync_playwright
 
 from infra.auth import apply_auth_ddl, create_key
 from infra.clients import pg_connect
@@ -44,6 +44,20 @@ new PerformanceObserver((list) => {
   for (const e of list.getEntries()) window.__longTasks.push({start: e.startTime, ms: e.duration});
 }).observe({type: "longtask", buffered: true});
 """
+
+
+def send_until_finished(
+    browser: Browser, page: Page, box: Locator, *, trace: bool
+) -> tuple[float, float, bytes | None]:
+    """Enter in `box`, then wait for the answer to be finished on screen: the page's clock
+    at both ends (ms), and Chromium's trace of the span when `trace`."""
+    if trace:
+        browser.start_tracing(page=page, categories=TRACE_CATEGORIES)
+    start = float(page.evaluate("performance.now()"))
+    box.press("Enter")
+    page.locator("article.msg.assistant[data-status=finished]").wait_for()
+    end = float(page.evaluate("performance.now()"))
+    return start, end, browser.stop_tracing() if trace else None
 
 
 def weight(page: Page) -> dict[str, Any]:
@@ -197,14 +211,8 @@ def run(origin: str, key: str, loads: int, trace: str | None) -> dict[str, Any]:
         prompt = PROMPT
         box = page.get_by_label("Message", exact=True)
         box.fill(prompt)
-        if trace:
-            browser.start_tracing(page=page, categories=TRACE_CATEGORIES)
-        start = float(page.evaluate("performance.now()"))
-        box.press("Enter")
-        page.locator("article.msg.assistant[data-status=finished]").wait_for()
-        end = float(page.evaluate("performance.now()"))
-        if trace:
-            raw = browser.stop_tracing()
+        start, end, raw = send_until_finished(browser, page, box, trace=trace is not None)
+        if trace is not None and raw is not None:
             Path(trace).write_bytes(raw)
             out["trace"] = trace_tasks(raw)
         tasks = [t for t in page.evaluate("window.__longTasks") if t["start"] >= start]

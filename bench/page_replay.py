@@ -28,7 +28,7 @@ from typing import Any
 
 from playwright.sync_api import Browser, sync_playwright
 
-from bench.page import LONG_TASKS, TRACE_CATEGORIES, trace_tasks
+from bench.page import LONG_TASKS, send_until_finished, trace_tasks
 
 PROMPT = "Explain event sourcing, with an example."
 CHARS_PER_TOKEN = 4  # English text in a BPE vocabulary
@@ -176,13 +176,8 @@ def one(browser: Browser, server: StandIn, trace: bool) -> dict[str, Any]:
     box = page.get_by_label("Message", exact=True)
     box.fill(PROMPT)
     page.wait_for_timeout(1500)  # a person takes longer to type: the page is idle by then
-    if trace:
-        browser.start_tracing(page=page, categories=TRACE_CATEGORIES)
-    start = float(page.evaluate("performance.now()"))
-    box.press("Enter")
-    page.locator("article.msg.assistant[data-status=finished]").wait_for()
-    end = float(page.evaluate("performance.now()"))
-    cpu = trace_tasks(browser.stop_tracing())["cpu"] if trace else None
+    start, end, raw = send_until_finished(browser, page, box, trace=trace)
+    cpu = trace_tasks(raw)["cpu"] if raw is not None else None
     every = page.evaluate("window.__longTasks")
     tasks = [t for t in every if t["start"] >= start]
     shown = page.locator("article.msg.assistant .md").last.inner_text()
