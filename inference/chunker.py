@@ -9,7 +9,8 @@ The interval is the replica's `Pace`, not a constant: every chunk event costs th
 CPU downstream (a Kafka record, a projection fold, a hub fan-out, an SSE frame) whatever
 text it carries, so a replica with many requests running stretches the interval to keep
 its chunk events per second within a budget. One user streams token by token; a hundred
-get a few tokens per chunk, and the system's CPU per prompt stops growing with the batch.
+get a few tokens per chunk: a replica's chunk events per second stay bounded as its
+batch grows (docs/capacity.md counts what that bounds at the peak).
 """
 
 from __future__ import annotations
