@@ -156,7 +156,8 @@ class PostgresNode:
         )
         if done.returncode != 0:
             raise ServiceError(
-                f"postgres did not start: {done.stdout}{done.stderr}; see {self.log}"
+                f"postgres did not start: {done.stdout}{done.stderr}"
+                f"{self.log_tail()}\n(the whole log: {self.log})"
             )
         wait_until(
             self._ensure_database,
@@ -164,6 +165,15 @@ class PostgresNode:
             what=f"PostgreSQL on port {self.port}",
             hint=f"See {self.log}.",
         )
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The server log's last lines: why a start failed, inside the error a CI run prints
+        (the log itself is gone with the CI's clone)."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n" + "\n".join(text.splitlines()[-lines:])
 
     def server_options(self) -> str:
         """`pg_ctl -o`'s options: where it listens, and its memory budget."""

@@ -26,11 +26,13 @@ def stack(services: Services, tmp_path_factory: pytest.TempPathFactory):
     if services.source != "local":
         pytest.skip("the launcher is what runs services without Docker")
     home = Path(".chatlog/test-launcher").absolute()
+    # Below the kernel's ephemeral range (32768-60999): a port up there can be held by any
+    # client connection's local end, and the server's bind then fails (a CI run saw it).
     settings = InfraSettings(
         home=home,
-        kafka_bootstrap="127.0.0.1:39092",
-        postgres_url="postgresql://chatlog@127.0.0.1:35432/chatlog",
-        meili_url="http://127.0.0.1:37700",
+        kafka_bootstrap="127.0.0.1:23092",
+        postgres_url="postgresql://chatlog@127.0.0.1:23432/chatlog",
+        meili_url="http://127.0.0.1:23700",
         topic_prefix=f"launcher-{uuid.uuid4().hex[:6]}.",
     )
     # Share the session's pinned tools instead of fetching them again.
