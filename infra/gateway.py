@@ -24,6 +24,8 @@ from infra.settings import InfraSettings
 
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 HEALTH_PATH = "/gateway/healthz"
+# Where a query instance redirects a read to its owner (query_api.routes.owner says why).
+OWNER_PREFIX = "/_chatlog/query"
 # The chat page, built by `scripts/setup` (npm ci + build in web/); served at `/`.
 WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 
@@ -147,10 +149,49 @@ def _relay_server(cfg: GatewayConfig) -> str:
         "        proxy_read_timeout 1h;\n"
         "        proxy_next_upstream error timeout http_502 http_504;\n"
         "        proxy_next_upstream_tries 3;\n"
+        "        proxy_set_header X-Chatlog-Route $chatlog_route;\n"
         "        location /v1/ {\n"
         "            proxy_pass http://query_api;\n"
         "        }\n"
+        f"{_owner_locations(cfg)}"
         "    }"
+    )
+
+
+def _owner_upstreams(cfg: GatewayConfig) -> str:
+    """One upstream per query instance: that instance, then the others as backups (one
+    of them adopts the dead owner's partitions: query_api.hub_share). None for one."""
+    if len(cfg.query_ports) < 2:
+        return ""
+    blocks = []
+    for i, port in enumerate(cfg.query_ports):
+        backups = "".join(
+            f"        server {cfg.upstream_host}:{p} backup;\n"
+            for j, p in enumerate(cfg.query_ports)
+            if j != i
+        )
+        blocks.append(
+            f"    upstream chatlog_query_{i} {{\n"
+            f"        server {cfg.upstream_host}:{port} max_fails={cfg.max_fails} "
+            f"fail_timeout={cfg.fail_timeout_s}s;\n"
+            f"{backups}"
+            "        keepalive 16;\n"
+            "    }\n"
+        )
+    return "".join(blocks)
+
+
+def _owner_locations(cfg: GatewayConfig) -> str:
+    """Where an instance's X-Accel-Redirect sends a read: its owner's upstream (internal:
+    no client can name these paths)."""
+    if len(cfg.query_ports) < 2:
+        return ""
+    return "".join(
+        f"        location {OWNER_PREFIX}/{i}/ {{\n"
+        "            internal;\n"
+        f"            proxy_pass http://chatlog_query_{i}/;\n"
+        "        }\n"
+        for i in range(len(cfg.query_ports))
     )
 
 
@@ -203,6 +244,8 @@ def render(cfg: GatewayConfig) -> str:
         "listen": _listen(cfg),
         "error_locations": _error_locations(),
         "relay_server": _relay_server(cfg),
+        "owner_upstreams": _owner_upstreams(cfg),
+        "owner_locations": _owner_locations(cfg),
         "cors_origins": "\n".join(
             f'        "{o}" $http_origin;' for o in cfg.cors_origins if _origin_ok(o)
         ),

@@ -175,6 +175,12 @@ class System:
     def portfile(self, c: Component) -> Path:
         return self.run_dir / "run" / f"{c.name}.port"
 
+    @staticmethod
+    def instance_index(c: Component) -> int:
+        """0 for an API's first instance (`query_api`), k-1 for `query_api-k`."""
+        _, _, suffix = c.name.partition("-")
+        return int(suffix) - 1 if suffix.isdigit() else 0
+
     def instance_ports(self, base: str) -> list[int]:
         """The ports of every instance of the API `base` (those started so far)."""
         ports = (self.port(c) for c in self.services() if c.name.split("-")[0] == base)
@@ -310,6 +316,13 @@ class System:
         else:
             argv = [sys.executable, "-m", c.module]
         env = self.env() | ({c.port_env: str(port)} if c.port_env else {})
+        if c.name.split("-")[0] == "query_api":
+            # which share of chat.completions its hub reads (query_api.hub_share), in the
+            # order the gateway lists the instances (instance_ports)
+            env["CHATLOG_QUERY_INSTANCE"] = str(self.instance_index(c))
+            env["CHATLOG_QUERY_INSTANCES"] = str(
+                sum(1 for x in self.services() if x.name.split("-")[0] == "query_api")
+            )
         spawn(argv, log=self.logfile(c.name), pidfile=self.pidfile(c), env=env)
         if wait:
             self.wait_ready(c)

@@ -49,6 +49,7 @@ def create_app(
         buffered_bytes=lambda: hub.buffered_bytes,
         backfills_running=lambda: hub.backfills.running,
         backfills_waiting=lambda: hub.backfills.waiting,
+        partitions_read=lambda: hub.partitions_read,
     )
     state = AppState(
         settings,

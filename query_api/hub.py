@@ -1,7 +1,7 @@
 """The hub: ONE Kafka consumer per process over chat.completions, fanned out in memory.
 
-It reads the live end of `chat.completions` (no consumer group: every process sees every
-partition) and keeps, per request, the chunks of the highest attempt it has seen, so a
+It reads the live end of `chat.completions` (no consumer group; with several query
+processes, each reads its share of the partitions: `hub_share`) and keeps, per request, the chunks of the highest attempt it has seen, so a
 subscriber can catch up from memory while a generation is live. It also tails
 `chat.conversations` for PromptSubmitted, learning request -> owner before the projection
 has written `chatlog.completions` (a stream is usually opened milliseconds after the POST),
@@ -31,6 +31,7 @@ from query_api.hub_fanout import FanOut, Subscriber
 from query_api.hub_fetch import LiveReader
 from query_api.hub_fold import Fold, Snapshot
 from query_api.hub_owners import Owner, Owners
+from query_api.hub_share import Share
 from query_api.settings import QuerySettings
 from schemas import codec
 from schemas.errors import EventDecodeError
@@ -67,9 +68,16 @@ class Hub:
         # record): what the fold's TTLs and recency order go by
         self._now = time.monotonic()
         self.fanout = FanOut(settings.client_queue_size)
+        self.share = Share(settings.query_instance, settings.query_instances)
+        completions = settings.topics.completions
         self._reader = LiveReader(
-            settings, (settings.topics.completions, settings.topics.conversations)
+            settings,
+            (completions, settings.topics.conversations),
+            lambda topic, partition: topic != completions or self.share.owns(partition),
         )
+        # partitions of chat.completions read since a stream needed them (hub_share)
+        self.adopted: set[int] = set()
+        self._adopting: dict[int, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
         # the process's Kafka backfills (durable.DurableSource), one bound for every stream
         self.backfills = BackfillLimiter(settings.backfill_concurrency)
@@ -163,13 +171,13 @@ class Hub:
         if topic == completions:
             self._fold(event, partition, offset)
         elif isinstance(event, PromptSubmitted):
-            self._learn_owner(event)
+            self._learn_owner(event, partition)
         elif isinstance(event, ConversationDeleted):
             self._delete_conversation(event)
 
     # -- dispatch between the fold, owners and fan-out ------------------------------------
-    def _learn_owner(self, event: PromptSubmitted) -> None:
-        self.owners.learn(event)
+    def _learn_owner(self, event: PromptSubmitted, partition: int = 0) -> None:
+        self.owners.learn(event, partition)
 
     def _delete_conversation(self, event: ConversationDeleted) -> None:
         # the owners the hub learnt, and buffers of requests older than the hub
@@ -276,10 +284,46 @@ class Hub:
 
     def saw_submitted(self, request_id: str) -> bool:
         """The hub read this request's PromptSubmitted itself (it tails the log from its
-        start) and has dropped nothing of it since, so it will see its end: nobody needs
-        to poll Postgres for it. Once its buffer is dropped (TTL, bounds), Postgres is
-        the only source of what the hub saw, and a waiting stream polls it again."""
-        return self.owners.saw_submitted(request_id)
+        start), reads its partition since then, and has dropped nothing of it since, so
+        it will see its end: nobody needs to poll Postgres for it. Once its buffer is
+        dropped (TTL, bounds), Postgres is the only source of what the hub saw, and a
+        waiting stream polls it again; so it does for a partition adopted later (its end
+        may have come before)."""
+        owner = self.owners.get(request_id)
+        return (
+            owner is not None
+            and self.share.owns(owner.partition)
+            and self.owners.saw_submitted(request_id)
+        )
+
+    # -- the share of partitions (hub_share) ---------------------------------------------
+    def reads(self, partition: int) -> bool:
+        """This hub reads `partition` of chat.completions (owned, or adopted)."""
+        return self.share.owns(partition) or partition in self.adopted
+
+    async def adopt(self, partition: int) -> None:
+        """Read `partition` of chat.completions too, from its live end on (once, however
+        many streams ask at the same time)."""
+        if self.reads(partition):
+            return
+        pending = self._adopting.get(partition)
+        if pending is None:
+            pending = asyncio.ensure_future(
+                self._reader.add(self._settings.topics.completions, partition)
+            )
+            self._adopting[partition] = pending
+            try:
+                await asyncio.shield(pending)
+                self.adopted.add(partition)
+                log.info("hub adopted chat.completions partition %d", partition)
+            finally:
+                self._adopting.pop(partition, None)
+        else:
+            await asyncio.shield(pending)
+
+    @property
+    def partitions_read(self) -> int:
+        return self._reader.partitions(self._settings.topics.completions)
 
     def position_of(self, request_id: str) -> tuple[int, int] | None:
         """(partition, first offset the hub saw) of a request it has events of."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
@@ -18,18 +19,36 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from query_api.settings import QuerySettings
 
 
-def live_ends(consumer: Consumer, topics: tuple[str, ...]) -> list[TopicPartition]:
-    """Every partition of `topics` at its current end offset (blocking: run in a thread)."""
+def live_ends(
+    consumer: Consumer, topics: tuple[str, ...], wanted: Callable[[str, int], bool]
+) -> list[TopicPartition]:
+    """The `wanted` partitions of `topics` at their current end offsets (blocking: run in
+    a thread)."""
     meta = consumer.list_topics(timeout=10)
     missing = [t for t in topics if not (t in meta.topics and meta.topics[t].partitions)]
     if missing:
         raise RuntimeError(f"topics {missing} do not exist")
-    ends = []
-    for t in topics:
-        for p in sorted(meta.topics[t].partitions):
-            _, high = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)
-            ends.append(TopicPartition(t, p, high))
-    return ends
+    return [
+        live_end(consumer, t, p)
+        for t in topics
+        for p in sorted(meta.topics[t].partitions)
+        if wanted(t, p)
+    ]
+
+
+def live_end(consumer: Consumer, topic: str, partition: int) -> TopicPartition:
+    _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+    return TopicPartition(topic, partition, high)
+
+
+def add_live_end(consumer: Consumer, topic: str, partition: int) -> int:
+    """Start reading one more partition at its end offset (blocking); that offset, or -1
+    when it is read already (an earlier, abandoned call got there first)."""
+    if any(tp.topic == topic and tp.partition == partition for tp in consumer.assignment()):
+        return -1
+    end = live_end(consumer, topic, partition)
+    consumer.incremental_assign([end])
+    return int(end.offset)
 
 
 def fetch_batch(consumer: Consumer, max_records: int, wait_s: float) -> list[Message]:
@@ -44,10 +63,16 @@ def fetch_batch(consumer: Consumer, max_records: int, wait_s: float) -> list[Mes
 
 
 class LiveReader:
-    """Every partition of the given topics, read from their end when `open` ran."""
+    """The `wanted` partitions of the given topics, read from their end when `open` ran;
+    `add` reads one more from its end when it runs."""
 
-    def __init__(self, settings: QuerySettings, topics: tuple[str, ...]) -> None:
-        self._settings, self._topics = settings, topics
+    def __init__(
+        self,
+        settings: QuerySettings,
+        topics: tuple[str, ...],
+        wanted: Callable[[str, int], bool] = lambda topic, partition: True,
+    ) -> None:
+        self._settings, self._topics, self._wanted = settings, topics, wanted
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="query-hub-fetch")
         self._consumer: Consumer | None = None
         self.positions: dict[tuple[str, int], int] = {}
@@ -72,13 +97,32 @@ class LiveReader:
         )
         loop = asyncio.get_running_loop()
         try:
-            ends = await loop.run_in_executor(self._thread, live_ends, consumer, self._topics)
-            consumer.assign(ends)
+            ends = await loop.run_in_executor(
+                self._thread, live_ends, consumer, self._topics, self._wanted
+            )
+            consumer.incremental_assign(ends)  # as `add` does: the two never mix kinds
         except BaseException:
             await loop.run_in_executor(self._thread, consumer.close)
             raise
         self.positions = {(tp.topic, tp.partition): tp.offset for tp in ends}
         self._consumer = consumer
+
+    async def add(self, topic: str, partition: int) -> None:
+        """Read `partition` of `topic` too, from its end offset now (after the fetch
+        thread's current poll: the consumer is only ever used from that thread)."""
+        consumer = self._consumer
+        assert consumer is not None, "open() first"
+        if (topic, partition) in self.positions:
+            return
+        offset = await asyncio.get_running_loop().run_in_executor(
+            self._thread, add_live_end, consumer, topic, partition
+        )
+        if offset >= 0:
+            self.positions.setdefault((topic, partition), offset)
+
+    def partitions(self, topic: str) -> int:
+        """How many partitions of `topic` are read."""
+        return sum(1 for t, _ in self.positions if t == topic)
 
     async def fetch(self, max_records: int = 2000, wait_s: float = 0.2) -> list[Message]:
         consumer = self._consumer

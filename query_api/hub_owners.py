@@ -22,6 +22,8 @@ class Owner:
     conversation_id: str
     model: str
     created_at: float = 0.0  # the PromptSubmitted's occurred_at (epoch seconds)
+    # its chat.conversations partition, hence its chat.completions one (hub_share)
+    partition: int = -1
 
 
 class Owners:
@@ -36,13 +38,15 @@ class Owners:
         self._forgotten: set[str] = set()
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
 
-    def learn(self, event: PromptSubmitted) -> None:
+    def learn(self, event: PromptSubmitted, partition: int = -1) -> None:
         rid, cid = event.request_id, event.conversation_id
         if cid in self.deleted_conversations:
             return
         if rid not in self._owners:
             self._by_conversation.setdefault(cid, []).append(rid)
-        self._owners[rid] = Owner(event.user_id, cid, event.model, event.occurred_at.timestamp())
+        self._owners[rid] = Owner(
+            event.user_id, cid, event.model, event.occurred_at.timestamp(), partition
+        )
         self._owners.move_to_end(rid)
         while len(self._owners) > self.max_entries:
             old, owner = self._owners.popitem(last=False)

@@ -52,6 +52,7 @@ class Metrics:
         buffered_bytes: Callable[[], float] = lambda: 0,
         backfills_running: Callable[[], float] = lambda: 0,
         backfills_waiting: Callable[[], float] = lambda: 0,
+        partitions_read: Callable[[], float] = lambda: 0,
     ) -> None:
         self.registry = CollectorRegistry()
         Gauge(
@@ -82,6 +83,16 @@ class Metrics:
             "Kafka backfills waiting for a slot",
             registry=self.registry,
         ).set_function(backfills_waiting)
+        Gauge(
+            "chatlog_query_hub_partitions",
+            "chat.completions partitions this process's hub reads (its share, and adopted)",
+            registry=self.registry,
+        ).set_function(partitions_read)
+        self.redirects = Counter(
+            "chatlog_query_owner_redirects",
+            "Reads handed to the query process whose hub reads their partition",
+            registry=self.registry,
+        )
         self.delivery_lag = LoopHistogram(
             "chatlog_query_delivery_lag_seconds",
             "Event produced -> written to the SSE client",

@@ -110,7 +110,7 @@ def finish(obj: dict[str, Any], finish_reason: str | None) -> None:
 
 
 def response_object(view: dict[str, Any]) -> dict[str, Any]:
-    """A Response from a `chat.completion.status` view (routes.completions.get_completion)."""
+    """A Response from a `chat.completion.status` view (routes.completions.completion_view)."""
     status = STATUS.get(view["status"], "in_progress")
     obj = base_object(view["id"], view["model"], created_at(view), status, view["conversation_id"])
     text = view.get("text") or ""

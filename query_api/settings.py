@@ -10,6 +10,9 @@ class QuerySettings(InfraSettings):
 
     query_host: str = "127.0.0.1"
     query_port: int = 8001
+    # this process among the `query_instances` (InfraSettings): which share of the
+    # chat.completions partitions its hub reads (query_api.hub_share)
+    query_instance: int = 0
     query_pool_size: int = 10
     # a read waits this long for a Postgres connection, then answers 503 (never hangs)
     query_pool_timeout_s: float = 5.0

@@ -6,13 +6,14 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request, Response
 
 from infra.http import BadRequest, NotFound, unstorable
 from query_api import views
 from query_api.deps import AppState, CurrentUser, State
 from query_api.events import Position
 from query_api.hub_fold import status_of
+from query_api.routes.owner import to_owner
 from query_api.sse_response import SseResponse
 from query_api.stream import StreamSession
 
@@ -53,8 +54,19 @@ async def require_owner(state: AppState, user: str, request_id: str) -> None:
         owner = await state.hub.wait_owner(request_id, min(remaining, OWNER_POLL_S))
 
 
-@router.get("/{request_id}")
-async def get_completion(state: State, user: CurrentUser, request_id: str) -> dict[str, Any]:
+@router.get("/{request_id}", response_model=None)
+async def get_completion(
+    state: State, user: CurrentUser, request: Request, request_id: str
+) -> dict[str, Any] | Response:
+    """Status, text so far, usage and timings of one of the caller's completions (from
+    the process whose hub reads it: the freshest view)."""
+    elsewhere = await to_owner(state, request, request_id, adopt=False)
+    if elsewhere is not None:
+        return elsewhere
+    return await completion_view(state, user, request_id)
+
+
+async def completion_view(state: AppState, user: str, request_id: str) -> dict[str, Any]:
     """Status, text so far, usage and timings of one of the caller's completions."""
     async with state.pool.connection() as conn:
         row = await views.completion(conn, request_id)
@@ -132,14 +144,15 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-@router.get("/{request_id}/stream")
+@router.get("/{request_id}/stream", response_model=None)
 async def stream_completion(
     state: State,
     user: CurrentUser,
+    request: Request,
     request_id: str,
     starting_after: str | None = None,
     last_event_id: Annotated[str | None, Header()] = None,
-) -> SseResponse:
+) -> SseResponse | Response:
     """SSE: chunk/reset/done/error events; resumes after `Last-Event-ID`/`starting_after`."""
     try:
         resume = Position.parse(last_event_id or starting_after)
@@ -150,6 +163,9 @@ async def stream_completion(
             code="invalid_event_id",
         ) from exc
     await require_owner(state, user, request_id)
+    elsewhere = await to_owner(state, request, request_id, adopt=True)
+    if elsewhere is not None:
+        return elsewhere
     session = StreamSession(
         state.settings, state.hub, state.durable, state.metrics, request_id, resume
     )

@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from psycopg.rows import dict_row
 
 from query_api.deps import AppState, CurrentUser, State
 from query_api.frame_writer import FrameWriter
 from query_api.responses_format import FrameParser, ResponseStream, created_at, response_object, sse
-from query_api.routes.completions import get_completion, require_owner
+from query_api.routes.completions import completion_view, require_owner
+from query_api.routes.owner import to_owner
 from query_api.sse_response import SseResponse
 from query_api.stream import StreamSession
 
@@ -34,13 +35,17 @@ INPUT_SQL = (
 async def get_response(
     state: State,
     user: CurrentUser,
+    request: Request,
     response_id: str,
     stream: bool = False,
     starting_after: int | None = None,
-) -> dict[str, Any] | SseResponse:
+) -> dict[str, Any] | SseResponse | Response:
     """The Response object, or (`stream=true`) its event stream after `starting_after`."""
     await require_owner(state, user, response_id)  # waits briefly for a just-accepted one
-    view = await get_completion(state, user, response_id)
+    elsewhere = await to_owner(state, request, response_id, adopt=stream)
+    if elsewhere is not None:
+        return elsewhere
+    view = await completion_view(state, user, response_id)
     created = _created(state, view)
     if not stream:
         return {**response_object(view), "created_at": created}
@@ -80,7 +85,7 @@ async def input_items(
 ) -> dict[str, Any]:
     """The messages this turn sent (not the history it continued), as input items."""
     await require_owner(state, user, response_id)
-    view = await get_completion(state, user, response_id)
+    view = await completion_view(state, user, response_id)
     return {"object": "list", **await _items(state, view["id"], order == "asc")}
 
 

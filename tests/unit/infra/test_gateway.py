@@ -33,6 +33,23 @@ def test_the_rendered_config_passes_nginx_t_with_every_instance(tmp_path: Path) 
     assert check.returncode == 0, check.stderr
 
 
+def test_each_query_instance_has_an_internal_owner_location_with_the_others_as_backups(
+    tmp_path: Path,
+) -> None:
+    argv = gateway.prepare(config(query_ports=[18001, 18003], relay_port=18090), tmp_path)
+    text = (tmp_path / "nginx.conf").read_text()
+    assert "upstream chatlog_query_1 {\n        server 127.0.0.1:18003 max_fails" in text
+    assert "server 127.0.0.1:18001 backup;" in text and "server 127.0.0.1:18003 backup;" in text
+    # in the front door and in the relay listener the command API streams through
+    assert text.count("location /_chatlog/query/1/ {\n            internal;") == 2
+    assert text.count("proxy_set_header X-Chatlog-Route $chatlog_route;") == 2
+    check = subprocess.run([*argv, "-t"], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stderr
+    # one instance reads every partition: nothing to route
+    gateway.prepare(config(), tmp_path)
+    assert "chatlog_query_0" not in (tmp_path / "nginx.conf").read_text()
+
+
 def test_an_origin_that_is_not_an_origin_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ServiceError, match="CORS_ORIGINS"):
         gateway.render(config(cors_origins=['https://x" $y; include /etc/passwd; "']))
