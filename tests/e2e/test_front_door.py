@@ -29,7 +29,7 @@ from infra.local.procs import read_pid
 from infra.settings import InfraSettings
 from infra.system import System
 from tests.e2e.conftest import SCRIPTED_MODEL, running_system
-from tests.e2e.sse import eventually, read_until_end
+from tests.e2e.sse import eventually, read_until_end, text_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -208,15 +208,46 @@ def test_one_idempotency_key_sent_to_both_instances_is_one_request(
     assert len(ids) == 1
 
 
-def open_subscribers(system: System) -> float:
-    """Open SSE subscribers over every query instance (each one's own /metrics)."""
-    total = 0.0
-    for port in system.instance_ports("query_api"):
+def query_metric(system: System, name: str, ports: list[int] | None = None) -> list[float]:
+    """`name` of each query instance (or those on `ports`), in the gateway's order (each
+    one's own /metrics)."""
+    values = []
+    for port in system.instance_ports("query_api") if ports is None else ports:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        found = re.search(r"^chatlog_query_subscribers (\S+)$", text, re.M)
+        found = re.search(rf"^{name} (\S+)$", text, re.M)
         assert found, text
-        total += float(found.group(1))
-    return total
+        values.append(float(found.group(1)))
+    return values
+
+
+def open_subscribers(system: System) -> float:
+    """Open SSE subscribers over every query instance."""
+    return sum(query_metric(system, "chatlog_query_subscribers"))
+
+
+def test_each_read_is_served_by_the_query_instance_whose_hub_reads_its_partition(
+    system: System, client: httpx.Client
+) -> None:
+    """Each instance's hub reads half of chat.completions; a stream or a status read that
+    the gateway balanced to the other instance is handed to the owner by nginx itself."""
+    accepted = [
+        client.post(
+            "/v1/chat/completions", json=prompt(f"share {i}"), headers={"Prefer": "respond-async"}
+        ).json()
+        for i in range(6)
+    ]
+    before = sum(query_metric(system, "chatlog_query_owner_redirects_total"))
+    for i, a in enumerate(accepted):
+        # round robin: of two opens in a row, one lands on the instance that is not the owner
+        for _ in range(2):
+            evs = read_until_end(client, a["stream_url"])
+            assert evs[-1].event == "done" and text_of(evs) == echo(f"share {i}")
+        status = client.get(f"/v1/chat/completions/{a['id']}").json()
+        assert status["status"] == "finished" and status["text"] == echo(f"share {i}")
+    assert sum(query_metric(system, "chatlog_query_owner_redirects_total")) > before
+    # nobody adopted a partition: every read that landed elsewhere reached its owner
+    half = system.settings.partitions / 2
+    assert query_metric(system, "chatlog_query_hub_partitions") == [half, half]
 
 
 def test_a_client_that_goes_away_closes_the_upstream_stream(
@@ -397,6 +428,20 @@ def test_a_dead_query_instance_is_routed_around_then_none_is_a_json_502(
         assert client.get("/v1/models").status_code == 200
         assert client.get("/v1/conversations").status_code == 200
         assert read_until_end(client, accepted["stream_url"])[-1].event == "done"
+    # New prompts of the dead instance's share (half of them): its backup adopts their
+    # partitions and streams them whole.
+    survivor = system.instance_ports("query_api")[:1]
+    for i in range(12):
+        late = client.post(
+            "/v1/chat/completions", json=prompt(f"adopt {i}"), headers={"Prefer": "respond-async"}
+        ).json()
+        evs = read_until_end(client, late["stream_url"])
+        assert evs[-1].event == "done" and text_of(evs) == echo(f"adopt {i}")
+        read = query_metric(system, "chatlog_query_hub_partitions", survivor)
+        if read[0] > system.settings.partitions / 2:
+            break
+    else:
+        pytest.fail("no prompt of the dead instance's share came in 12")
     # The command API relays `stream: true` through the gateway too, so that survives it.
     streamed = client.post("/v1/chat/completions", json={**prompt("still"), "stream": True})
     assert streamed.status_code == 200 and "data: [DONE]" in streamed.text
