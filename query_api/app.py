@@ -50,6 +50,7 @@ def create_app(
         backfills_running=lambda: hub.backfills.running,
         backfills_waiting=lambda: hub.backfills.waiting,
         partitions_read=lambda: hub.partitions_read,
+        records_read=lambda: hub.records_read,
     )
     state = AppState(
         settings,

@@ -83,6 +83,7 @@ class Hub:
         self.backfills = BackfillLimiter(settings.backfill_concurrency)
         self.started_at = 0.0  # epoch seconds: where the hub joined the log
         self.decode_errors = 0
+        self.records_read = 0  # both topics: the work a share of partitions divides
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -114,6 +115,7 @@ class Hub:
                 await asyncio.sleep(1.0)
                 continue
             self._now = time.monotonic()
+            self.records_read += len(records)
             for record in records:
                 if record.error() is not None:  # transport trouble, reported per record
                     log.warning("hub fetch: %s", record.error())

@@ -53,6 +53,7 @@ class Metrics:
         backfills_running: Callable[[], float] = lambda: 0,
         backfills_waiting: Callable[[], float] = lambda: 0,
         partitions_read: Callable[[], float] = lambda: 0,
+        records_read: Callable[[], float] = lambda: 0,
     ) -> None:
         self.registry = CollectorRegistry()
         Gauge(
@@ -88,6 +89,11 @@ class Metrics:
             "chat.completions partitions this process's hub reads (its share, and adopted)",
             registry=self.registry,
         ).set_function(partitions_read)
+        Gauge(
+            "chatlog_query_hub_records_read",
+            "Records the hub has read since it started (a counter; its share's load)",
+            registry=self.registry,
+        ).set_function(records_read)
         self.redirects = Counter(
             "chatlog_query_owner_redirects",
             "Reads handed to the query process whose hub reads their partition",
