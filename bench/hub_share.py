@@ -27,7 +27,14 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from bench.query_api import CHUNK_HEADERS, check_chunk_v1, chunk_v1, cpu_seconds, free_port
+from bench.query_api import (
+    CHUNK_HEADERS,
+    check_chunk_v1,
+    chunk_v1,
+    cpu_seconds,
+    free_port,
+    wait_ready,
+)
 from infra.clients import producer_config
 from infra.harness import isolated_settings, provide_services
 from infra.settings import InfraSettings
@@ -46,15 +53,8 @@ def start_query(settings: InfraSettings, instance: int, instances: int) -> tuple
         "CHATLOG_QUERY_INSTANCES": str(instances),
     }
     proc = subprocess.Popen([sys.executable, "-m", "query_api"], env=env)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)
-            return proc, port
-        except Exception:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("query API did not become ready") from None
-            time.sleep(0.3)
+    wait_ready(f"http://127.0.0.1:{port}/readyz", proc, "query API")
+    return proc, port
 
 
 def metric(port: int, name: str) -> float:

@@ -516,15 +516,7 @@ def main() -> None:
             )
         gateway = None
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)
-                    break
-                except Exception:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise RuntimeError("query API did not become ready") from None
-                    time.sleep(0.3)
+            wait_ready(f"http://127.0.0.1:{port}/readyz", server, "query API")
             if "gateway" in args.paths:
                 gateway = start_gateway(port)
             for n in args.clients:
@@ -572,15 +564,21 @@ def start_gateway(query_port: int) -> tuple[subprocess.Popen[bytes], int]:
     proc = subprocess.Popen(
         gateway.prepare(cfg, directory), stdout=subprocess.DEVNULL, start_new_session=True
     )
-    deadline = time.monotonic() + 30
+    wait_ready(f"http://127.0.0.1:{port}{gateway.HEALTH_PATH}", proc, "the gateway")
+    return proc, port
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 60) -> None:
+    """Until `url` answers 2xx; RuntimeError if `proc` exits or `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}{gateway.HEALTH_PATH}", timeout=2)
-            return proc, port
+            urllib.request.urlopen(url, timeout=2)
+            return
         except Exception:
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the gateway did not start") from None
-            time.sleep(0.2)
+                raise RuntimeError(f"{what} did not become ready") from None
+            time.sleep(0.3)
 
 
 if __name__ == "__main__":

@@ -64,9 +64,10 @@ def _boost() -> list[str]:
 
 
 def _unboost(pidfile: Path) -> None:
-    if os.geteuid() != 0:
+    """Every process of the node's group (spawned in its own session) back to nice 0."""
+    group = read_pid(pidfile)
+    if os.geteuid() != 0 or group is None:
         return
-    group = int(pidfile.read_text())
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
