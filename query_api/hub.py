@@ -305,7 +305,8 @@ class Hub:
 
     async def adopt(self, partition: int) -> None:
         """Read `partition` of chat.completions too, from its live end on (once, however
-        many streams ask at the same time)."""
+        many streams ask at the same time). If Kafka refuses, the stream is served all the
+        same: it polls Postgres, as for a request the hub never saw."""
         if self.reads(partition):
             return
         pending = self._adopting.get(partition)
@@ -314,14 +315,19 @@ class Hub:
                 self._reader.add(self._settings.topics.completions, partition)
             )
             self._adopting[partition] = pending
-            try:
-                await asyncio.shield(pending)
-                self.adopted.add(partition)
-                log.info("hub adopted chat.completions partition %d", partition)
-            finally:
-                self._adopting.pop(partition, None)
-        else:
-            await asyncio.shield(pending)
+            pending.add_done_callback(lambda done: self._adopted(partition, done))
+        with contextlib.suppress(Exception):  # logged by _adopted
+            await asyncio.shield(pending)  # a stream that goes away leaves it running
+
+    def _adopted(self, partition: int, done: asyncio.Future[None]) -> None:
+        self._adopting.pop(partition, None)
+        if done.cancelled():
+            return
+        if (exc := done.exception()) is not None:
+            log.warning("hub could not adopt partition %d: %r", partition, exc)
+            return
+        self.adopted.add(partition)
+        log.info("hub adopted chat.completions partition %d", partition)
 
     @property
     def partitions_read(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from query_api.hub import Hub
@@ -36,3 +38,36 @@ def test_a_request_in_a_partition_the_hub_does_not_read_is_polled_for_not_awaite
     # adopted later (the owner is down): read from then on, its end may have come before
     hub.adopted.add(4)
     assert hub.reads(4) and not hub.saw_submitted("theirs")
+
+
+class SlowReader:
+    """Stands in for the hub's Kafka reader: `add` takes a while, or fails."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[int] = []
+        self.fail = fail
+
+    async def add(self, topic: str, partition: int) -> None:
+        self.calls.append(partition)
+        await asyncio.sleep(0.05)
+        if self.fail:
+            raise RuntimeError("broker refused")
+
+
+async def test_streams_adopting_one_partition_at_once_add_it_once() -> None:
+    hub = Hub(QuerySettings(query_instance=0, query_instances=2))
+    hub._reader = reader = SlowReader()  # type: ignore[assignment]
+    first = asyncio.ensure_future(hub.adopt(5))
+    await asyncio.sleep(0.01)
+    first.cancel()  # the first client went away: the adoption goes on for the others
+    await asyncio.gather(hub.adopt(5), hub.adopt(5))
+    assert reader.calls == [5] and hub.reads(5)
+    await hub.adopt(5)
+    assert reader.calls == [5]
+
+
+async def test_an_adoption_kafka_refuses_leaves_the_stream_to_poll_postgres() -> None:
+    hub = Hub(QuerySettings(query_instance=0, query_instances=2))
+    hub._reader = SlowReader(fail=True)  # type: ignore[assignment]
+    await hub.adopt(5)  # no error for the stream
+    assert not hub.reads(5)
