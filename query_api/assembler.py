@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from query_api.events import Position, StreamEvent
+from query_api.events import WHOLE_SEQ, Position, StreamEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,8 @@ class Assembler:
             return None
         next_seq = self.next_seq if ev.attempt == self.attempt else 0
         if ev.kind == "chunk":
+            if ev.seq == WHOLE_SEQ:
+                return None  # the whole text: nothing comes before it
             return Gap(ev.attempt, next_seq, ev.seq) if ev.seq > next_seq else None
         # done/error: complete when its source saw every chunk before it
         if ev.anchored or ev.first_seq is not None:
@@ -88,7 +90,15 @@ class Assembler:
                 )
             self.attempt, self.next_seq, self.has_content = ev.attempt, 0, False
         if ev.kind == "chunk":
-            if ev.seq != self.next_seq:
+            if ev.seq == WHOLE_SEQ:
+                if self.next_seq > WHOLE_SEQ:
+                    return outs  # the client has the whole text already
+                if self.next_seq > 0:  # it holds some of this attempt's (expired) chunks
+                    outs.append(
+                        Out("reset", None, {"request_id": self.request_id, "attempt": ev.attempt})
+                    )
+                self.next_seq = WHOLE_SEQ
+            elif ev.seq != self.next_seq:
                 return outs  # already sent (or a gap the caller failed to fill)
             self.advance(ev)
             outs.append(

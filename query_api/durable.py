@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from query_api import backfill, views
 from query_api.assembler import Gap
-from query_api.events import StreamEvent
+from query_api.events import WHOLE_SEQ, StreamEvent
 from query_api.hub import Hub, Snapshot
 from query_api.settings import QuerySettings
 
@@ -60,7 +60,9 @@ def _whole_text(row: dict[str, Any]) -> StreamEvent:
     chat.completions retention has no chunk rows, only the final event's text): its whole
     stored text as the attempt's one chunk, so the stream never answers it empty."""
     tokens = (row["usage"] or {}).get("completion_tokens") or row["tokens"] or 0
-    return StreamEvent("chunk", row["request_id"], row["attempt"], 0, row["content"], tokens)
+    return StreamEvent(
+        "chunk", row["request_id"], row["attempt"], WHOLE_SEQ, row["content"], tokens
+    )
 
 
 class DurableSource:

@@ -11,6 +11,13 @@ from typing import Any, Literal
 
 Kind = Literal["started", "chunk", "done", "error"]
 
+# The seq of an attempt's whole stored text, streamed as its one chunk once its chunks
+# expired from chat.completions (a rebuild after the retention keeps only the final
+# text): above any real chunk's seq, so a client resuming from a real chunk of that
+# attempt is told to start over (`reset`) and gets the whole text, and one resuming from
+# this id gets only the end.
+WHOLE_SEQ = 2**31 - 1
+
 
 @dataclass(slots=True)
 class StreamEvent:

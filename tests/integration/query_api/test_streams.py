@@ -11,6 +11,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from infra.settings import InfraSettings
+from query_api.events import WHOLE_SEQ
 from schemas.events import (
     ChatMessage,
     CompletionFinished,
@@ -409,10 +410,18 @@ async def test_a_finished_answer_whose_chunks_expired_streams_its_whole_text(
     )
     url = f"/v1/chat/completions/{rid}/stream"
     events = await read_sse(client, url, users.headers("alice"))
-    assert ids(events) == ["2:0", "2:done"]
+    assert ids(events) == [f"2:{WHOLE_SEQ}", "2:done"]
     assert text_of(events) == whole
-    resumed = await read_sse(client, url, users.headers("alice", **{"Last-Event-ID": "2:0"}))
+    resumed = await read_sse(
+        client, url, users.headers("alice", **{"Last-Event-ID": f"2:{WHOLE_SEQ}"})
+    )
     assert ids(resumed) == ["2:done"]
+    # a client that read some of the chunks before they expired (0, 1 and 2 here; even
+    # only the first) starts over with the whole text: it never keeps a partial answer
+    for last in ("2:2", "2:0"):
+        late = await read_sse(client, url, users.headers("alice", **{"Last-Event-ID": last}))
+        assert ids(late) == ["reset", f"2:{WHOLE_SEQ}", "2:done"]
+        assert text_of(late) == whole
     r = await client.get(f"/v1/chat/completions/{rid}", headers=users.headers("alice"))
     assert r.json()["text"] == whole and r.json()["status"] == "finished"
 
