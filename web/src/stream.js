@@ -27,7 +27,10 @@ export class AnswerStream {
 
   url() {
     const base = `/v1/chat/completions/${encodeURIComponent(this.rid)}/stream`;
-    return this.lastId ? `${base}?starting_after=${encodeURIComponent(this.lastId)}` : base;
+    // after a reset (`<attempt>:-1`, no chunk of the new attempt yet) there is no event to
+    // resume after: the stream from its start brings that attempt whole
+    const resumable = this.lastId && !this.lastId.endsWith(":-1");
+    return resumable ? `${base}?starting_after=${encodeURIComponent(this.lastId)}` : base;
   }
 
   open() {
