@@ -29,7 +29,14 @@ import sys
 import time
 from pathlib import Path
 
-from infra.local.procs import ServiceError, port_open, read_pid, spawn, stop_pid
+from infra.local.procs import (
+    ServiceError,
+    clear_stale,
+    port_open,
+    read_pid,
+    spawn,
+    stop_pid,
+)
 
 log = logging.getLogger(__name__)
 NODE_PORTS = (
@@ -160,6 +167,8 @@ class RayNode:
     def _spawn(self) -> None:
         if self.running():
             return
+        # what a crashed node (or this start's failed try) left of its session holds ports
+        clear_stale(self.pidfile)
         if port_open(self.port):
             raise ServiceError(f"{self.name}: port {self.port} is taken; set CHATLOG_RAY_PORT")
         # RAY_ADDRESS in our own environment would make `ray start --head` refuse to start.

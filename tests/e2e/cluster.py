@@ -24,7 +24,7 @@ from infra.cli_infra import start_infra
 from infra.harness import Services
 from infra.local import LocalStack
 from infra.local.kafka import KafkaNode
-from infra.local.procs import read_pid
+from infra.local.procs import read_pid, session_members
 from infra.local.ray import RayNode
 from infra.settings import InfraSettings, cluster_profile
 from infra.system import System
@@ -76,10 +76,16 @@ def _pid(node: KafkaNode | RayNode) -> int | None:
 
 
 def sigkill_node(node: KafkaNode | RayNode) -> None:
-    """SIGKILL a node's whole process group (a raylet takes its workers with it)."""
+    """SIGKILL every process of a node, as its machine's crash would: its process group
+    and what left the group but not its session (Ray's workers and actors may)."""
     pid = _pid(node)
     assert pid is not None and node.running(), f"{node.name} is not running"
     os.killpg(pid, signal.SIGKILL)
+    for member in session_members(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+    # dead, not dying: a raylet still exiting holds the port its restart checks
+    until(lambda: not session_members(pid), f"{node.name}'s processes gone")
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
     node.pidfile.unlink(missing_ok=True)
