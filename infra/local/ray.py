@@ -175,6 +175,12 @@ class RayNode:
         env = {
             "RAY_ADDRESS": "",
             "RAY_USAGE_STATS_ENABLED": "0",
+            # On SIGTERM Ray drains a node first, waiting up to this long (30 s by
+            # default) for Serve to move its replicas off. A local node stops when the
+            # whole local system does (`chatlog down`, inference stopped first): there is
+            # nowhere to move them, and a head never finishes draining, so `down` sat out
+            # the full 30 s per node before its SIGKILL.
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
             **auth_env(self.home),
         }
         self._log_mark = self.log.stat().st_size if self.log.exists() else 0
