@@ -6,6 +6,7 @@ quorum); Ray nodes run only where `ray_nodes` asks for them (else inference star
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +70,21 @@ class LocalStack:
         ensure_topics(self.settings)
 
     def stop(self) -> list[str]:
-        """Stop every service; returns the names of those that were running."""
-        return [n.name for n in reversed(self.nodes) if n.stop()]
+        """Stop every service, in the reverse of `nodes`' order; returns the names of
+        those that were running.
+
+        The brokers stop together: one by one, the last ones lose their controller quorum
+        (a majority of the voters) and cannot finish a clean shutdown, so each sat out its
+        stop timeout (30 s) before its SIGKILL."""
+        stopped = [n.name for n in reversed(self.ray) if n.stop()]
+        if self.meili is not None and self.meili.stop():
+            stopped.append(self.meili.name)
+        with ThreadPoolExecutor(max(1, len(self.brokers))) as pool:
+            done = list(pool.map(KafkaNode.stop, reversed(self.brokers)))
+        stopped += [b.name for b, ok in zip(reversed(self.brokers), done, strict=True) if ok]
+        if self.postgres.stop():
+            stopped.append(self.postgres.name)
+        return stopped
 
     def status(self) -> list[ServiceStatus]:
         out = []
