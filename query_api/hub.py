@@ -1,8 +1,9 @@
 """The hub: ONE Kafka consumer per process over chat.completions, fanned out in memory.
 
 It reads the live end of `chat.completions` (no consumer group; with several query
-processes, each reads its share of the partitions: `hub_share`) and keeps, per request, the chunks of the highest attempt it has seen, so a
-subscriber can catch up from memory while a generation is live. It also tails
+processes, each reads its share of the partitions: `hub_share`) and keeps, per request,
+the chunks of the highest attempt it has seen, so a subscriber can catch up from memory
+while a generation is live. It also tails
 `chat.conversations` for PromptSubmitted, learning request -> owner before the projection
 has written `chatlog.completions` (a stream is usually opened milliseconds after the POST),
 and for ConversationDeleted, after which the conversation's requests are gone.

@@ -34,7 +34,8 @@ def test_a_request_in_a_partition_the_hub_does_not_read_is_polled_for_not_awaite
     assert hub.reads(3) and hub.saw_submitted("mine")
     # another's: whatever the hub knows of the request, it will not see its end
     assert not hub.reads(4) and not hub.saw_submitted("theirs")
-    assert hub.owner("theirs") is not None and hub.owner("theirs").partition == 4  # type: ignore[union-attr]
+    theirs = hub.owner("theirs")
+    assert theirs is not None and theirs.partition == 4
     # adopted later (the owner is down): read from then on, its end may have come before
     hub.adopted.add(4)
     assert hub.reads(4) and not hub.saw_submitted("theirs")
