@@ -1,9 +1,12 @@
-"""Benchmark: one query API process, N SSE clients, each receiving chunk events at 20/s.
+"""Benchmark: query API processes (one, or several sharing the partitions), N SSE clients,
+each receiving chunk events at 20/s.
 
     CHATLOG_TEST_KEEP=1 .venv/bin/python bench/query_api.py --clients 100 1000 2000 --seconds 10
 
 Runs on the shared test stack (a private topic prefix and database, dropped after). One
-`python -m query_api` process serves; client processes (raw sockets, to keep the client
+`python -m query_api` process serves (`--instances 2`: two, each reading its share of the
+partitions, the clients through the gateway, which routes each stream to its owner,
+CPU, memory and the server-side lag summed over them); client processes (raw sockets, to keep the client
 side cheap; each checks its chunk ids have no gap and no duplicate) hold the streams;
 `--producer-procs` processes produce one TokenChunk per request every 50 ms (staggered, one
 shared clock), each carrying its produce time, so a client measures produced -> received.
@@ -278,8 +281,8 @@ def produce(producer: Producer, topic: str, event: Event) -> None:
 
 def run_once(
     settings: InfraSettings,
-    port: int,
-    server_pid: int,
+    ports: list[int],
+    server_pids: list[int],
     key: str,
     n: int,
     seconds: float,
@@ -316,13 +319,13 @@ def run_once(
         )
     producer.flush(30)
     time.sleep(1.0)  # the hub learns the owners
-    rss_before = rss_kib(server_pid)
+    rss_before = sum(map(rss_kib, server_pids))
     ctx = mp.get_context("spawn")
     ready, results = ctx.Queue(), ctx.Queue()
     streams = [requests[i % len(requests)] for i in range(n)]  # per_request clients each
     shares = [streams[i::procs] for i in range(procs)]
     workers = [
-        ctx.Process(target=client_process, args=(client_port or port, key, s, ready, results))
+        ctx.Process(target=client_process, args=(client_port or ports[0], key, s, ready, results))
         for s in shares
     ]
     for w in workers:
@@ -330,7 +333,7 @@ def run_once(
     for _ in workers:
         ready.get(timeout=120)
     time.sleep(0.5)
-    rss_open = rss_kib(server_pid)
+    rss_open = sum(map(rss_kib, server_pids))
     # P producer processes, each 20/s for its share of the requests, on one shared clock
     ticks = int((warmup + seconds) * RATE_HZ)
     go, done = ctx.Queue(), ctx.Queue()
@@ -350,12 +353,12 @@ def run_once(
     measured_from = start + warmup
     time.sleep(max(0.0, measured_from - time.time()))
     load_before = os.getloadavg()[0]
-    cpu_before = cpu_seconds(server_pid)
+    cpu_before = sum(map(cpu_seconds, server_pids))
     kafka_before = cpu_seconds(kafka_pid) if kafka_pid else 0.0
     gateway_before = session_cpu_seconds(gateway_pid) if gateway_pid else 0.0
-    lag_before = server_lag_buckets(port)
+    lag_before = server_lag_buckets(ports)
     time.sleep(max(0.0, measured_from + seconds / 2 - time.time()))
-    rss_live = rss_kib(server_pid)
+    rss_live = sum(map(rss_kib, server_pids))
     finished = [done.get(timeout=seconds * 10 + 60) for _ in producers]
     elapsed = max(e for e, _, _ in finished)
     timed: list[tuple[float, float]] = []
@@ -366,10 +369,10 @@ def run_once(
         timed += part
         errors += errs
         clients_cpu += cpu
-    server_cpu = cpu_seconds(server_pid) - cpu_before
+    server_cpu = sum(map(cpu_seconds, server_pids)) - cpu_before
     kafka_cpu = cpu_seconds(kafka_pid) - kafka_before if kafka_pid else 0.0
     gateway_cpu = session_cpu_seconds(gateway_pid) - gateway_before if gateway_pid else 0.0
-    lag_after = server_lag_buckets(port)
+    lag_after = server_lag_buckets(ports)
     load_after = os.getloadavg()[0]
     for w in workers + producers:
         w.join(10)
@@ -433,14 +436,16 @@ def broker_pid(home: Path) -> int | None:
     return pid
 
 
-def server_lag_buckets(port: int) -> dict[str, float]:
-    """The server's delivery-lag histogram (cumulative counts by upper bound)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    buckets = {}
-    for line in text.splitlines():
-        if line.startswith("chatlog_query_delivery_lag_seconds_bucket"):
-            le = line.split('le="')[1].split('"')[0]
-            buckets[le] = float(line.rsplit(" ", 1)[1])
+def server_lag_buckets(ports: list[int]) -> dict[str, float]:
+    """The servers' delivery-lag histogram (cumulative counts by upper bound, summed)."""
+    buckets: dict[str, float] = {}
+    for port in ports:
+        url = f"http://127.0.0.1:{port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        for line in text.splitlines():
+            if line.startswith("chatlog_query_delivery_lag_seconds_bucket"):
+                le = line.split('le="')[1].split('"')[0]
+                buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
     return buckets
 
 
@@ -484,13 +489,20 @@ def main() -> None:
         default=1,
         help="SSE clients watching each request (1: every client its own)",
     )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="query API processes, one run each in turn (e.g. 1 2 1 2); with several, each "
+        "reads its share of the partitions and the streams go through the gateway",
+    )
     args = parser.parse_args()
     check_chunk_v1()
     os.environ.setdefault("CHATLOG_TEST_KEEP", "1")
     with provide_services() as services, isolated_settings(services, "bench_query_api") as s:
         with pg_connect(s, autocommit=True) as conn:
             key = create_key(conn, "bench")
-        port = free_port()
         kafka_pid = broker_pid(services.home)
         env = {
             **os.environ,
@@ -499,66 +511,90 @@ def main() -> None:
             "CHATLOG_POSTGRES_URL": s.postgres_url,
             "CHATLOG_MEILI_URL": s.meili_url or "",
             "CHATLOG_INDEX_PREFIX": s.index_prefix,
-            "CHATLOG_QUERY_PORT": str(port),
             "CHATLOG_QUERY_POOL_SIZE": "10",
             "CHATLOG_CLIENT_QUEUE_SIZE": "1024",
         }
+        for instances in args.instances:
+            # several processes share chat.completions (query_api.hub_share): only the
+            # gateway routes each stream to the one that reads its partition
+            paths = args.paths if instances == 1 else ["gateway"]
+            servers = start_servers(env, instances, args.server_root)
+            ports = [port for _, port in servers]
+            gateway = None
+            try:
+                if "gateway" in paths:
+                    gateway = start_gateway(ports)
+                for n in args.clients:
+                    for path in paths:
+                        result = run_once(
+                            s,
+                            ports,
+                            [proc.pid for proc, _ in servers],
+                            key,
+                            n,
+                            args.seconds,
+                            args.client_procs,
+                            args.clients_per_request,
+                            args.producer_procs,
+                            args.producer_linger_ms,
+                            kafka_pid,
+                            args.warmup,
+                            client_port=gateway[1] if gateway and path == "gateway" else None,
+                            gateway_pid=gateway[0].pid if gateway and path == "gateway" else None,
+                        )
+                        row = {"instances": instances, "path": path, **result}
+                        print(
+                            json.dumps(
+                                {
+                                    k: round(v, 2) if isinstance(v, float) else v
+                                    for k, v in row.items()
+                                }
+                            ),
+                            flush=True,
+                        )
+            finally:
+                for proc, _ in servers:
+                    proc.terminate()
+                for proc, _ in servers:
+                    proc.wait(10)
+                if gateway is not None:
+                    gateway[0].terminate()
+                    gateway[0].wait(10)
+
+
+def start_servers(
+    env: dict[str, str], instances: int, root: str | None
+) -> list[tuple[subprocess.Popen[bytes], int]]:
+    """`instances` query API processes (instance i of them each), ready; (process, port)."""
+    servers = []
+    for i in range(instances):
+        port = free_port()
+        share = {"CHATLOG_QUERY_INSTANCE": str(i), "CHATLOG_QUERY_INSTANCES": str(instances)}
         server = subprocess.Popen(
             [sys.executable, "-m", "query_api"],
-            env=env,
-            cwd=args.server_root or None,
+            env={**env, **share, "CHATLOG_QUERY_PORT": str(port)},
+            cwd=root or None,
         )
+        servers.append((server, port))
         if profile := os.environ.get("BENCH_PYSPY"):  # a path: sample the server with py-spy
+            spy = ["py-spy", "record", "-o", f"{profile}.{i}", "-f", "raw", "-d", "25"]
             subprocess.Popen(
-                ["py-spy", "record", "-o", profile, "-f", "raw", "-p", str(server.pid), "-d", "25"],
+                [*spy, "-p", str(server.pid)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        gateway = None
-        try:
-            wait_ready(f"http://127.0.0.1:{port}/readyz", server, "query API")
-            if "gateway" in args.paths:
-                gateway = start_gateway(port)
-            for n in args.clients:
-                for path in args.paths:
-                    result = run_once(
-                        s,
-                        port,
-                        server.pid,
-                        key,
-                        n,
-                        args.seconds,
-                        args.client_procs,
-                        args.clients_per_request,
-                        args.producer_procs,
-                        args.producer_linger_ms,
-                        kafka_pid,
-                        args.warmup,
-                        client_port=gateway[1] if gateway and path == "gateway" else None,
-                        gateway_pid=gateway[0].pid if gateway and path == "gateway" else None,
-                    )
-                    row = {"path": path, **result}
-                    print(
-                        json.dumps(
-                            {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
-                        ),
-                        flush=True,
-                    )
-        finally:
-            server.terminate()
-            server.wait(10)
-            if gateway is not None:
-                gateway[0].terminate()
-                gateway[0].wait(10)
+    for server, port in servers:
+        wait_ready(f"http://127.0.0.1:{port}/readyz", server, "query API")
+    return servers
 
 
-def start_gateway(query_port: int) -> tuple[subprocess.Popen[bytes], int]:
-    """nginx with `chatlog up`'s config in front of the one query API process."""
+def start_gateway(query_ports: list[int]) -> tuple[subprocess.Popen[bytes], int]:
+    """nginx with `chatlog up`'s config in front of the query API processes."""
     from infra import gateway
 
     port = free_port()
     cfg = gateway.GatewayConfig(
-        port=port, command_ports=[query_port], query_ports=[query_port], max_body_bytes=1 << 20
+        port=port, command_ports=query_ports, query_ports=query_ports, max_body_bytes=1 << 20
     )
     directory = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     proc = subprocess.Popen(
