@@ -10,13 +10,10 @@ is needed.
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import pytest
 from playwright.sync_api import Browser
 
-WEB = Path(__file__).resolve().parents[2] / "web"
+from tests.browser.modules import bundle, evaluate
 
 # Every block kind the page renders, and the shapes that change a block above them when
 # more text arrives (a setext underline, a list turning loose, a fence closing).
@@ -73,30 +70,15 @@ CHECK = """(text) => {
 
 
 @pytest.fixture(scope="module")
-def bundle() -> str:
+def markdown() -> str:
     """web/src/markdown.js as one script that defines `chatlogMarkdown`."""
-    esbuild = WEB / "node_modules" / ".bin" / "esbuild"
-    command = [str(esbuild), "src/markdown.js", "--bundle", "--format=iife"]
-    out = subprocess.run(
-        [*command, "--global-name=chatlogMarkdown"],
-        cwd=WEB,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout
+    return bundle("src/markdown.js", "chatlogMarkdown")
 
 
 def test_every_prefix_of_an_answer_is_drawn_as_the_whole_text_would_be(
-    browser: Browser, bundle: str
+    browser: Browser, markdown: str
 ) -> None:
-    page = browser.new_page()
-    try:
-        page.set_content("<!doctype html><html><body></body></html>")
-        page.add_script_tag(content=bundle)
-        result = page.evaluate(CHECK, ANSWER)
-    finally:
-        page.close()
+    result = evaluate(browser, [markdown], CHECK, ANSWER)
     assert result["count"] == 0, f"prefixes drawn differently (first lengths): {result['wrong']}"
     assert result["scripted"] == 0  # the <img onerror> of the text stays text
     assert "<h1>A title</h1>" in result["final"] and "<table>" in result["final"]

@@ -11,13 +11,10 @@ and run in Debian's chromium with an EventSource that records what it is asked t
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import pytest
 from playwright.sync_api import Browser
 
-WEB = Path(__file__).resolve().parents[2] / "web"
+from tests.browser.modules import bundle, evaluate
 
 # An EventSource that opens nothing: it records its URLs and lets the check fire events.
 FAKE_EVENT_SOURCE = """
@@ -48,30 +45,15 @@ CHECK = """() => {
 
 
 @pytest.fixture(scope="module")
-def bundle() -> str:
+def stream() -> str:
     """web/src/stream.js as one script that defines `chatlogStream`."""
-    esbuild = WEB / "node_modules" / ".bin" / "esbuild"
-    out = subprocess.run(
-        [str(esbuild), "src/stream.js", "--bundle", "--format=iife", "--global-name=chatlogStream"],
-        cwd=WEB,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout
+    return bundle("src/stream.js", "chatlogStream")
 
 
 def test_a_stream_reopened_right_after_a_reset_starts_over_and_keeps_no_partial_text(
-    browser: Browser, bundle: str
+    browser: Browser, stream: str
 ) -> None:
-    page = browser.new_page()
-    try:
-        page.set_content("<!doctype html><html><body></body></html>")
-        page.add_script_tag(content=FAKE_EVENT_SOURCE)
-        page.add_script_tag(content=bundle)
-        result = page.evaluate(CHECK)
-    finally:
-        page.close()
+    result = evaluate(browser, [FAKE_EVENT_SOURCE, stream], CHECK)
     base = "/v1/chat/completions/req-1/stream"
     assert result["afterChunks"] == f"{base}?starting_after=1%3A1"
     assert result["afterReset"] == base  # from the start: no `1:-1`, which gets a 400
