@@ -246,6 +246,7 @@ def render(cfg: GatewayConfig) -> str:
         "relay_server": _relay_server(cfg),
         "owner_upstreams": _owner_upstreams(cfg),
         "owner_locations": _owner_locations(cfg),
+        "owner_prefix": OWNER_PREFIX,
         "cors_origins": "\n".join(
             f'        "{o}" $http_origin;' for o in cfg.cors_origins if _origin_ok(o)
         ),

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from fastapi import Request, Response
 
+from infra.gateway import OWNER_PREFIX
 from query_api.deps import AppState
 
 # Set by the gateway on every request it proxies: "gateway" from its listeners, "owner"
 # once it redirected the request to its owner (then this process is its owner or a backup).
 ROUTE_HEADER = "x-chatlog-route"
-REDIRECT_PREFIX = "/_chatlog/query"
 
 
 async def to_owner(
@@ -37,7 +37,7 @@ async def to_owner(
     if request.headers.get(ROUTE_HEADER) == "gateway":
         target = state.hub.share.owner_of(owner.partition)
         raw = request.scope.get("raw_path") or request.url.path.encode()
-        uri = f"{REDIRECT_PREFIX}/{target}{raw.decode('latin-1')}"
+        uri = f"{OWNER_PREFIX}/{target}{raw.decode('latin-1')}"
         if request.url.query:
             uri += "?" + request.url.query
         state.metrics.redirects.inc()
