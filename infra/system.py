@@ -181,9 +181,13 @@ class System:
         _, _, suffix = c.name.partition("-")
         return int(suffix) - 1 if suffix.isdigit() else 0
 
+    def instances(self, base: str) -> list[Component]:
+        """Every instance of the API `base` (`query_api`, `query_api-2`, ...), in order."""
+        return [c for c in self.services() if c.name.split("-")[0] == base]
+
     def instance_ports(self, base: str) -> list[int]:
         """The ports of every instance of the API `base` (those started so far)."""
-        ports = (self.port(c) for c in self.services() if c.name.split("-")[0] == base)
+        ports = (self.port(c) for c in self.instances(base))
         return [p for p in ports if p is not None]
 
     def gateway_config(self) -> gateway.GatewayConfig:
@@ -320,9 +324,7 @@ class System:
             # which share of chat.completions its hub reads (query_api.hub_share), in the
             # order the gateway lists the instances (instance_ports)
             env["CHATLOG_QUERY_INSTANCE"] = str(self.instance_index(c))
-            env["CHATLOG_QUERY_INSTANCES"] = str(
-                sum(1 for x in self.services() if x.name.split("-")[0] == "query_api")
-            )
+            env["CHATLOG_QUERY_INSTANCES"] = str(len(self.instances("query_api")))
         spawn(argv, log=self.logfile(c.name), pidfile=self.pidfile(c), env=env)
         if wait:
             self.wait_ready(c)
