@@ -42,10 +42,8 @@ def live_end(consumer: Consumer, topic: str, partition: int) -> TopicPartition:
 
 
 def add_live_end(consumer: Consumer, topic: str, partition: int) -> int:
-    """Start reading one more partition at its end offset (blocking); that offset, or -1
-    when it is read already (an earlier, abandoned call got there first)."""
-    if any(tp.topic == topic and tp.partition == partition for tp in consumer.assignment()):
-        return -1
+    """Start reading one more partition at its end offset (blocking); that offset. One
+    call per partition: `Hub.adopt` shares a pending one between streams."""
     end = live_end(consumer, topic, partition)
     consumer.incremental_assign([end])
     return int(end.offset)
@@ -117,8 +115,7 @@ class LiveReader:
         offset = await asyncio.get_running_loop().run_in_executor(
             self._thread, add_live_end, consumer, topic, partition
         )
-        if offset >= 0:
-            self.positions.setdefault((topic, partition), offset)
+        self.positions.setdefault((topic, partition), offset)
 
     def partitions(self, topic: str) -> int:
         """How many partitions of `topic` are read."""
